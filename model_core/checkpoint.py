@@ -1,0 +1,196 @@
+"""Model folders (config.json + model.safetensors, self-contained) and import of research checkpoints."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import MemoryTalkerConfig
+from .errors import CheckpointError
+from .model import MemoryTalker
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "memorytalker"
+FORMAT_VERSION = 1
+
+
+def save_model(model: MemoryTalker, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+                "metadata": metadata or {}}
+    (folder / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+def read_model_document(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such model folder")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: expected a model folder (config.json + model.safetensors), got a file"
+                              + ("; for a research-code .pth use `python -m model_core import-official`" if folder.suffix in (".pth", ".pt") else ""))
+    missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / n).exists()]
+    if missing:
+        present = sorted(p.name for p in folder.iterdir())[:8]
+        raise CheckpointError(f"{folder}: not a MemoryTalker model folder: missing {', '.join(missing)} "
+                              f"(found: {', '.join(present) or 'nothing'})")
+    try:
+        document = json.loads((folder / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: invalid JSON ({exc})") from None
+    if document.get("format") != FORMAT or "config" not in document:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not a MemoryTalker config (no \"format\": \"{FORMAT}\")")
+    return document
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> MemoryTalker:
+    """A model folder -> MemoryTalker in eval mode. Never touches the network."""
+    folder = Path(folder)
+    document = read_model_document(folder)
+    try:
+        config = MemoryTalkerConfig.from_dict(document["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: invalid model config ({exc})") from None
+    if config.backbone_config is None:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: the config has no backbone_config; the folder is incomplete")
+    model = MemoryTalker(config)
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{folder / WEIGHTS_FILE}: unreadable weights ({exc})") from None
+    _load_state_strict(model, state, folder / WEIGHTS_FILE)
+    model.metadata = document.get("metadata", {})
+    return model.to(device).eval()
+
+
+def _load_state_strict(model: MemoryTalker, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append("shape mismatch for " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]))
+        raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+# -- research-code checkpoints ------------------------------------------------------------------
+
+def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A pickled state dict, read with weights_only=True: anything needing code execution is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: this checkpoint contains Python objects whose loading would run code, so it is refused "
+            f"({first}). Save a plain state dict in the research environment: torch.save(model.state_dict(), 'x.pth')"
+        ) from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict (parameter name -> tensor)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+# Research-code names -> ours (prefix rewrites, first match wins).
+_OFFICIAL_PREFIXES = [
+    ("E_aud.", "audio_encoder.ctc."),
+    ("txt_proj.", "text_proj."),
+    ("E_m.", "motion_encoder."),
+    ("fusion_layer.", "fusion."),
+    ("output_proj.", "output_proj."),
+    ("memory_net.M_m", "memory.slots"),
+    ("style_encoder.audio_encoder.", "style_encoder.speaker."),
+    ("style_encoder.to_style_emb.", "style_encoder.to_slots."),
+    ("style_encoder.to_scale.", "style_encoder.to_scale."),
+    ("style_encoder.style_mlp.", "style_encoder.triplet_head."),
+]
+# Tensors of the research model that this architecture computes differently, on purpose.
+_OFFICIAL_UNUSED = {
+    "PPE.pe": "the periodic encoding is computed for any length instead of a fixed 600-frame buffer",
+}
+
+
+def convert_official_state(state: dict[str, torch.Tensor], feature_dim: int) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """Returns (converted tensors, ignored research keys with the reason, keys with no counterpart)."""
+    converted: dict[str, torch.Tensor] = {}
+    ignored: dict[str, str] = {}
+    unknown: list[str] = []
+    d = feature_dim
+    for key, value in state.items():
+        if key in _OFFICIAL_UNUSED:
+            ignored[key] = _OFFICIAL_UNUSED[key]
+            continue
+        if key.startswith("D_m.layers."):
+            rest = key[len("D_m.layers."):]
+            index, name = rest.split(".", 1)
+            prefix = f"decoder.{index}."
+            if name == "multihead_attn.in_proj_weight":
+                converted[prefix + "cross_value.weight"] = value[2 * d:]
+                ignored[key + "[:2d]"] = "query/key of the diagonal cross-attention do not change its output"
+            elif name == "multihead_attn.in_proj_bias":
+                converted[prefix + "cross_value.bias"] = value[2 * d:]
+            elif name.startswith("multihead_attn.out_proj."):
+                converted[prefix + "cross_out." + name.rsplit(".", 1)[1]] = value
+            else:
+                converted[prefix + name] = value
+            continue
+        for old, new in _OFFICIAL_PREFIXES:
+            if key.startswith(old):
+                converted[new + key[len(old):]] = value
+                break
+        else:
+            unknown.append(key)
+    return converted, ignored, unknown
+
+
+def import_official(checkpoint: str | Path, out: str | Path, config: MemoryTalkerConfig) -> dict[str, Any]:
+    """Convert a research-code state dict (stage 1 or 2) into a model folder; returns a report."""
+    state = read_torch_state_dict(checkpoint)
+    if "output_proj.weight" not in state or "memory_net.M_m" not in state:
+        raise CheckpointError(f"{checkpoint}: not a MemoryTalker research checkpoint (no output_proj / memory_net.M_m)")
+    feature_dim = state["output_proj.weight"].shape[1]
+    config = config.replace(
+        num_vertices=state["output_proj.weight"].shape[0] // 3,
+        feature_dim=feature_dim,
+        mem_slots=state["memory_net.M_m"].shape[0],
+        stylized=any(k.startswith("style_encoder.") for k in state),
+    )
+    model = MemoryTalker(config)
+    converted, ignored, unknown = convert_official_state(state, feature_dim)
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in converted and k != "template")
+    mismatched = sorted(k for k in converted if k in expected and converted[k].shape != expected[k].shape)
+    unknown += sorted(k for k in converted if k not in expected)
+    if mismatched:
+        raise CheckpointError(f"{checkpoint}: shapes do not match the config for: " +
+                              ", ".join(f"{k} {tuple(converted[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched))
+    if missing and not all(k.startswith("style_encoder.") for k in missing):
+        raise CheckpointError(f"{checkpoint}: missing tensors: {', '.join(missing)}")
+    model.load_state_dict({k: v for k, v in converted.items() if k in expected}, strict=False)
+    report = {"source": str(checkpoint), "stage": 2 if config.stylized else 1,
+              "missing": missing, "ignored": ignored, "unexpected": unknown}
+    save_model(model, out, metadata={"imported_from": report})
+    return report

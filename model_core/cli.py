@@ -1,0 +1,157 @@
+"""python -m model_core {train,evaluate,animate,import-official}"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import MemoryTalkerError
+from .motion_io import FORMATS
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train stage 1 (memory + decoder) or stage 2 (speaking-style encoder)")
+    p.add_argument("--stage", required=True, choices=["1", "2"])
+    p.add_argument("--data", required=True, type=Path, help="dataset folder in the VOCASET layout")
+    p.add_argument("--out", required=True, type=Path, help="run folder: last/, best/, history.json")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, help="learning rate (default: 1e-4 stage 1, 5e-5 stage 2)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--init", type=Path, help="start from this model folder (required for stage 2)")
+    p.add_argument("--backbone", help="audio backbone for a new model: hub id or local folder "
+                                      "(default facebook/hubert-base-ls960, a download)")
+    p.add_argument("--config", type=Path, help="JSON file of model config fields for a new model")
+    p.add_argument("--dataset", choices=["vocaset", "biwi"], help="dataset preset (default: dataset.json, else vocaset)")
+    p.add_argument("--num-workers", type=int, default=0)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="LVE, FVE, LDTW, Lip-max and FDD on a split")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--dataset", choices=["vocaset", "biwi"])
+    p.add_argument("--style-strength", type=float, default=1.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="JSON file for the results (default: MODEL/eval_SPLIT.json)")
+
+
+def _add_animate(sub) -> None:
+    p = sub.add_parser("animate", help="audio -> facial motion (.npy, .npz or .pc2)")
+    p.add_argument("audio", nargs="+", type=Path, help="WAV, FLAC, OGG or MP3 files")
+    p.add_argument("--model", required=True, type=Path, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, type=Path,
+                   help=f"output file ({', '.join(FORMATS)}); with several inputs, a folder")
+    p.add_argument("--format", choices=[f[1:] for f in FORMATS], default="npy", help="format when --out is a folder")
+    p.add_argument("--fps", type=float, help="output frame rate, 23.976-120 (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--style-strength", type=float, default=1.0, help="0 = generic motion, 1 = the speaker's style")
+    p.add_argument("--style-audio", type=Path, help="take the speaking style from this recording instead")
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import-official", help="convert a research-code state dict (.pth) into a model folder")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--backbone", default="facebook/hubert-base-ls960",
+                   help="architecture of the audio backbone: hub id, local folder, or a transformers config.json")
+    p.add_argument("--dataset", choices=["vocaset", "biwi"], default="vocaset", help="sets fps and PPE period")
+
+
+def run_train(args) -> int:
+    from .train import TrainOptions, train
+
+    best = train(TrainOptions(stage=args.stage, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
+                              batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
+                              init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
+                              num_workers=args.num_workers))
+    print(f"best model: {best}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .checkpoint import load_model
+    from .data import DatasetInfo
+    from .evaluate import evaluate_model, format_table, write_results
+    from .inference import resolve_device
+
+    model = load_model(args.model, resolve_device(args.device))
+    results = evaluate_model(model, DatasetInfo.open(args.data, args.dataset), args.split, args.style_strength)
+    out = args.out or args.model / f"eval_{args.split}.json"
+    write_results(results, out)
+    print(format_table(results))
+    print(f"saved {out}")
+    return 0
+
+
+def run_animate(args) -> int:
+    from .inference import Animator
+    from .motion_io import MotionWriter
+
+    many = len(args.audio) > 1
+    if not many and args.out.suffix.lower() not in FORMATS:
+        raise MemoryTalkerError(f"--out {args.out}: give a file ending in {', '.join(FORMATS)}")
+    animator = Animator.from_folder(args.model, args.device)
+    reference = animator.load(args.style_audio) if args.style_audio else None
+    for audio in args.audio:
+        out = args.out / f"{audio.stem}.{args.format}" if many else args.out
+        waveform = animator.load(audio)
+        total, blocks = animator.stream(waveform, args.fps, args.style_strength, reference)
+        fps = args.fps or animator.fps
+        meta = animator.describe(waveform, args.style_strength, reference)
+        template = animator.model.template.cpu().numpy()
+        with MotionWriter(out, total, template.shape[0], fps, template, meta) as writer, \
+                tqdm(total=total, desc=audio.name, unit="frame", disable=total < 1000) as bar:
+            for block in blocks:
+                writer.write(block)
+                bar.update(len(block))
+        print(f"{audio} -> {out} ({total} frames at {fps:g} fps)")
+    return 0
+
+
+def run_import(args) -> int:
+    from transformers import AutoConfig
+
+    from .checkpoint import import_official
+    from .config import MemoryTalkerConfig
+
+    backbone = args.backbone
+    if backbone.endswith(".json") and Path(backbone).is_file():
+        hf_config = json.loads(Path(backbone).read_text())
+    else:
+        hf_config = AutoConfig.from_pretrained(backbone).to_dict()
+    hf_config["vocab_size"] = hf_config.get("vocab_size") or 32
+    fps, period = (25.0, 25) if args.dataset == "biwi" else (30.0, 30)
+    config = MemoryTalkerConfig(fps=fps, period=period, backbone=backbone, backbone_config=hf_config)
+    report = import_official(args.checkpoint, args.out, config)
+    print(f"imported stage-{report['stage']} checkpoint into {args.out}")
+    for name, reason in report["ignored"].items():
+        print(f"  ignored {name}: {reason}")
+    for name in report["missing"]:
+        print(f"  missing (left at initial values): {name}")
+    for name in report["unexpected"]:
+        print(f"  unexpected (not imported): {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_core", description="MemoryTalker: speech-driven 3D facial animation")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_animate, _add_import):
+        add(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    handlers = {"train": run_train, "evaluate": run_evaluate, "animate": run_animate, "import-official": run_import}
+    try:
+        return handlers[args.command](args)
+    except MemoryTalkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

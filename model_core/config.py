@@ -1,0 +1,119 @@
+"""Model configuration: a JSON-serialisable dataclass whose defaults are the published ones."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+DEFAULT_BACKBONE = "facebook/hubert-base-ls960"
+
+
+@dataclass
+class MemoryTalkerConfig:
+    # Motion
+    num_vertices: int = 5023  # FLAME topology (VOCASET)
+    fps: float = 30.0  # the frame rate the model runs at; output is resampled from it
+    # Memory and decoder (published defaults)
+    mem_slots: int = 32  # equals the CTC vocabulary: logits address the slots directly
+    feature_dim: int = 96
+    kappa: float = 16.0
+    period: int = 30
+    decoder_layers: int = 1
+    decoder_heads: int = 4
+    decoder_ff_dim: int = 192
+    dropout: float = 0.1
+    use_memory: bool = True  # False gives the "no memory" ablation (decoder on the text feature only)
+    # Audio backbone: a hub id or local folder (used to initialise training), or a transformers
+    # config dict (model_type "hubert" or "wav2vec2"). A saved model always stores the dict,
+    # so loading a model folder never needs the network.
+    sample_rate: int = 16000
+    backbone: str | None = DEFAULT_BACKBONE
+    backbone_config: dict[str, Any] | None = None
+    # Speaking-style encoder (AdaIN-VC speaker encoder on an 80-band log-mel spectrogram)
+    n_mels: int = 80
+    n_fft: int = 400
+    hop_length: int = 160
+    style_channels: int = 128
+    style_bank_size: int = 8
+    style_kernel_size: int = 5
+    style_subsample: list[int] = field(default_factory=lambda: [1, 2, 1, 2, 1, 2])
+    style_dense_blocks: int = 6
+    style_embedding_dim: int = 256
+    triplet_margin: float = 1.0
+    # True once stage 2 has trained the style encoder: only then do style weights apply.
+    stylized: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone is None and self.backbone_config is None:
+            raise ValueError("the config needs an audio backbone: a hub id/folder or a transformers config dict")
+        if self.backbone_config is not None:
+            vocab = self.backbone_config.get("vocab_size")
+            if vocab is not None and vocab != self.mem_slots:
+                raise ValueError(
+                    f"the backbone's CTC vocabulary ({vocab}) must equal mem_slots ({self.mem_slots}): "
+                    "the logits address the memory slots directly"
+                )
+        if self.feature_dim % self.decoder_heads:
+            raise ValueError(f"feature_dim {self.feature_dim} is not divisible by decoder_heads {self.decoder_heads}")
+        if len(self.style_subsample) < 1:
+            raise ValueError("style_subsample needs at least one conv block")
+
+    @property
+    def vertex_dim(self) -> int:
+        return 3 * self.num_vertices
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MemoryTalkerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "MemoryTalkerConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **changes: Any) -> "MemoryTalkerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def tiny_backbone_config(model_type: str = "hubert", mem_slots: int = 32, **overrides: Any) -> dict[str, Any]:
+    """A small randomly initialised backbone config (tests, demos, benchmarks): no download."""
+    cfg: dict[str, Any] = dict(
+        model_type=model_type,
+        vocab_size=mem_slots,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32, 32, 32, 32, 32),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        mask_time_prob=0.0,
+        layerdrop=0.0,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def hubert_base_config(mem_slots: int = 32) -> dict[str, Any]:
+    """The architecture of facebook/hubert-base-ls960 (94 M parameters), without its weights."""
+    from transformers import HubertConfig
+
+    cfg = HubertConfig(vocab_size=mem_slots).to_dict()
+    return cfg

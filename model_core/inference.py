@@ -1,0 +1,229 @@
+"""Inference: normalised waveform -> displacements (frames x vertices x 3) at any frame rate.
+
+Long audio runs in overlapping windows that start on frame boundaries shared by the audio
+features and the motion, joined by a linear cross-fade, so memory stays bounded by the window
+length while the output streams out block by block. The speaking style is estimated once per
+clip, pooled over the whole clip.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio import Waveform, load_audio, prepare
+from .checkpoint import load_model
+from .errors import MemoryTalkerError
+from .model import MemoryTalker
+
+MIN_FPS, MAX_FPS = 23.976, 120.0
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MemoryTalkerError("--device cuda was asked for, but this PyTorch has no usable CUDA device; "
+                                "use --device cpu or install a CUDA build of PyTorch")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise MemoryTalkerError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def frame_count(duration: float, fps: float) -> int:
+    return max(1, int(round(duration * fps)))
+
+
+@dataclass
+class Motion:
+    displacements: np.ndarray  # (frames, vertices, 3) float32, relative to the neutral mesh
+    fps: float
+    template: np.ndarray  # (vertices, 3): the model's neutral mesh
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class TimeResampler:
+    """Streams frames at src_fps into `total` frames at dst_fps (linear in time, end held)."""
+
+    def __init__(self, src_fps: float, dst_fps: float, total: int):
+        self.ratio = src_fps / dst_fps
+        self.total = total
+        self.next_out = 0
+        self.buffer: np.ndarray | None = None
+        self.buffer_start = 0
+
+    def push(self, block: np.ndarray, final: bool = False) -> np.ndarray:
+        self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block])
+        end = self.buffer_start + len(self.buffer)
+        k = np.arange(self.next_out, self.total)
+        pos = k * self.ratio
+        left = np.floor(pos + 1e-9).astype(np.int64)
+        ready = (left + 1 < end) | final
+        k, pos, left = k[ready], pos[ready], left[ready]
+        left = np.minimum(left, end - 1)
+        right = np.minimum(left + 1, end - 1)
+        weight = np.clip(pos - left, 0.0, 1.0).astype(np.float32)[:, None, None]
+        out = self.buffer[left - self.buffer_start] * (1 - weight) + self.buffer[right - self.buffer_start] * weight
+        if len(k):
+            self.next_out = int(k[-1]) + 1
+        keep_from = min(int(math.floor(self.next_out * self.ratio + 1e-9)), end - 1)
+        self.buffer = self.buffer[keep_from - self.buffer_start:]
+        self.buffer_start = keep_from
+        return out.astype(np.float32, copy=False)
+
+
+class Animator:
+    """A loaded model plus the windowing and style logic of inference."""
+
+    def __init__(self, model: MemoryTalker, device: str | torch.device = "auto", half: bool | None = None,
+                 window_seconds: float = 30.0, overlap_seconds: float = 1.0):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        # fp16 only where it is safe: the backbone transformer on CUDA; addressing, decoder and output stay fp32.
+        self.autocast_dtype = torch.float16 if (half if half is not None else self.device.type == "cuda") else None
+        if self.autocast_dtype is not None and self.device.type != "cuda":
+            raise MemoryTalkerError("half precision is only used on CUDA")
+        config = model.config
+        self.fps = config.fps
+        self.sample_rate = config.sample_rate
+        # Windows start on frames that are also audio-feature boundaries (30 fps, 50 Hz: every 3rd frame).
+        feature_per_frame = Fraction(model.audio_encoder.feature_rate).limit_denominator(10000) / Fraction(self.fps).limit_denominator(10000)
+        self.align = feature_per_frame.denominator
+        self.window_frames = self._aligned(window_seconds * self.fps)
+        self.overlap_frames = self._aligned(overlap_seconds * self.fps)
+        if self.overlap_frames >= self.window_frames:
+            raise ValueError("the overlap must be shorter than the window")
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "auto", **kwargs: Any) -> "Animator":
+        return cls(load_model(folder, "cpu"), device, **kwargs)
+
+    def _aligned(self, frames: float) -> int:
+        return max(self.align, int(round(frames / self.align)) * self.align)
+
+    def _samples(self, frame: int) -> int:
+        return int(round(frame * self.sample_rate / self.fps))
+
+    # -- style ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def style_embedding(self, waveform: Waveform) -> torch.Tensor:
+        """f_s of a whole clip: conv features pooled over all of it, computed window by window."""
+        encoder = self.model.style_encoder
+        hop = self.model.config.hop_length
+        step = self._samples(self.window_frames) // hop * hop
+        total, count = None, 0
+        for start in range(0, len(waveform.samples), step):
+            piece = torch.from_numpy(waveform.samples[start:start + step]).to(self.device)
+            features = encoder.speaker.frame_features(encoder.logmel(piece)[None])
+            summed = features.sum(-1)
+            total = summed if total is None else total + summed
+            count += features.shape[-1]
+        return encoder.embed_pooled(total / count)
+
+    def style_weights(self, waveform: Waveform, strength: float, style_reference: Waveform | None) -> torch.Tensor | None:
+        if not 0.0 <= strength <= 1.0:
+            raise MemoryTalkerError(f"style strength must be between 0 and 1, got {strength}")
+        if not self.model.config.stylized or strength == 0.0:
+            return None
+        source = style_reference if style_reference is not None else waveform
+        if source.silent:
+            return None
+        return self.model.style_weights_from_embedding(self.style_embedding(source), strength)
+
+    # -- motion ---------------------------------------------------------------------------------
+    def windows(self, frames: int) -> list[tuple[int, int]]:
+        hop = self.window_frames - self.overlap_frames
+        starts = [0]
+        while starts[-1] + self.window_frames < frames:
+            starts.append(starts[-1] + hop)
+        return [(s, min(s + self.window_frames, frames)) for s in starts]
+
+    @torch.inference_mode()
+    def _window_motion(self, samples: np.ndarray, start: int, end: int, style: torch.Tensor | None) -> np.ndarray:
+        # Two feature hops of audio past the window end give its last frames their true features.
+        a = self._samples(start)
+        b = min(len(samples), self._samples(end) + 2 * self.model.audio_encoder.samples_per_feature)
+        audio = torch.from_numpy(samples[a:b]).to(self.device)
+        logits, mask = self.model.audio_encoder([audio], [end - start], self.autocast_dtype)
+        out = self.model.predict(logits, mask, style, offset=start)
+        return out[0].view(end - start, -1, 3).float().cpu().numpy()
+
+    def native_blocks(self, waveform: Waveform, frames: int, style: torch.Tensor | None) -> Iterator[np.ndarray]:
+        """Displacement blocks at the model's frame rate, in order, cross-faded across windows."""
+        if waveform.silent:
+            step = self.window_frames
+            for s in range(0, frames, step):
+                yield np.zeros((min(step, frames - s), self.model.config.num_vertices, 3), np.float32)
+            return
+        overlap = self.overlap_frames
+        ramp = ((np.arange(overlap) + 0.5) / overlap).astype(np.float32)[:, None, None]
+        carry: np.ndarray | None = None
+        plan = self.windows(frames)
+        for i, (start, end) in enumerate(plan):
+            motion = self._window_motion(waveform.samples, start, end, style)
+            if carry is not None:
+                motion[:overlap] = carry * (1 - ramp) + motion[:overlap] * ramp
+            last = i == len(plan) - 1
+            yield motion if last else motion[:-overlap]
+            carry = None if last else motion[-overlap:]
+
+    def stream(self, waveform: Waveform, fps: float | None = None, style_strength: float = 1.0,
+               style_reference: Waveform | None = None) -> tuple[int, Iterator[np.ndarray]]:
+        """(total output frames, iterator over displacement blocks at `fps`)."""
+        fps = float(fps or self.fps)
+        if not MIN_FPS - 1e-3 <= fps <= MAX_FPS:
+            raise MemoryTalkerError(f"output frame rate {fps} is outside the supported {MIN_FPS}-{MAX_FPS:g} fps")
+        total = frame_count(waveform.duration, fps)
+        style = self.style_weights(waveform, style_strength, style_reference)
+        native = frame_count(waveform.duration, self.fps)
+
+        def blocks() -> Iterator[np.ndarray]:
+            resampler = TimeResampler(self.fps, fps, total)
+            for block in self.native_blocks(waveform, native, style):
+                out = resampler.push(block)
+                if len(out):
+                    yield out
+            tail = resampler.push(np.zeros((0, self.model.config.num_vertices, 3), np.float32), final=True)
+            if len(tail):
+                yield tail
+
+        return total, blocks()
+
+    def animate(self, audio: str | Path | Waveform | np.ndarray, fps: float | None = None, style_strength: float = 1.0,
+                style_audio: str | Path | Waveform | None = None, sample_rate: int | None = None) -> Motion:
+        waveform = self.load(audio, sample_rate)
+        reference = self.load(style_audio) if style_audio is not None else None
+        _, blocks = self.stream(waveform, fps, style_strength, reference)
+        displacements = np.concatenate(list(blocks))
+        return Motion(displacements, float(fps or self.fps), self.model.template.cpu().numpy().copy(),
+                      self.describe(waveform, style_strength, reference))
+
+    def load(self, audio: str | Path | Waveform | np.ndarray, sample_rate: int | None = None) -> Waveform:
+        if isinstance(audio, Waveform):
+            return audio
+        if isinstance(audio, np.ndarray):
+            if sample_rate is None:
+                raise MemoryTalkerError("pass sample_rate= with an audio array")
+            return prepare(audio, sample_rate, self.sample_rate)
+        return load_audio(audio, self.sample_rate)
+
+    def describe(self, waveform: Waveform, style_strength: float, reference: Waveform | None) -> dict[str, Any]:
+        return {"audio": waveform.source, "duration_s": waveform.duration, "silent": waveform.silent,
+                "style_strength": style_strength, "style_audio": reference.source if reference else None,
+                "model_fps": self.fps, "stylized_model": self.model.config.stylized}
+
+
+def animate(audio: str | Path | np.ndarray, model: str | Path | MemoryTalker, fps: float | None = None,
+            device: str = "auto", style_strength: float = 1.0, style_audio: str | Path | None = None,
+            sample_rate: int | None = None) -> Motion:
+    """One call from Python: audio file (or array + sample_rate) and a model folder -> Motion."""
+    animator = Animator(model if isinstance(model, MemoryTalker) else load_model(model), device)
+    return animator.animate(audio, fps, style_strength, style_audio, sample_rate)

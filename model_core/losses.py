@@ -1,0 +1,60 @@
+"""Training objectives of the two stages (published weights), with padding masks for batches."""
+from __future__ import annotations
+
+import torch
+
+from .data import Batch
+from .model import MemoryTalker
+
+AUX_WEIGHT = 0.01  # weight of (L_mem + L_align) in stage 1 and of (L_lip + L_style) in stage 2
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the valid frames of (B, T, D) tensors."""
+    per_frame = (pred - target).square().mean(-1)
+    return (per_frame * mask).sum() / mask.sum().clamp(min=1)
+
+
+def velocity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between frame-to-frame differences; a difference counts when both its frames are valid."""
+    pair_mask = mask[:, 1:] & mask[:, :-1]
+    return masked_mse(pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], pair_mask)
+
+
+def stage1_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
+    """L_mse + L_vel over the retrieval pass and the teacher-forced pass, + 0.01 (L_mem + L_align)."""
+    logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+    target = batch.vertices - batch.templates[:, None]
+    pred = model.predict(logits, mask)
+    losses = {"mse": masked_mse(pred, target, mask), "vel": velocity_loss(pred, target, mask)}
+    if model.config.use_memory:
+        motion_features = model.motion_encoder(target)
+        losses["mem"], losses["align"] = model.memory.losses(logits, motion_features, mask)
+        teacher = model.decode(logits, motion_features, mask)
+        losses["mse"] = losses["mse"] + masked_mse(teacher, target, mask)
+        losses["vel"] = losses["vel"] + velocity_loss(teacher, target, mask)
+        losses["total"] = losses["mse"] + losses["vel"] + AUX_WEIGHT * (losses["mem"] + losses["align"])
+    else:
+        losses["total"] = losses["mse"] + losses["vel"]
+    return losses
+
+
+def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """L_mse + L_vel + 0.01 (L_lip + L_style); only the style encoder receives gradients."""
+    with torch.no_grad():
+        logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+    encoder = model.style_encoder
+    f_s = encoder.embed(batch.waveforms)
+    pred = model.predict(logits, mask, encoder.weights(f_s))
+    target = batch.vertices - batch.templates[:, None]
+    b, t, _ = pred.shape
+    lips = lambda x: x.view(b, t, -1, 3)[:, :, lip_indices].reshape(b, t, -1)  # noqa: E731
+    losses = {
+        "mse": masked_mse(pred, target, mask),
+        "vel": velocity_loss(pred, target, mask),
+        "lip": masked_mse(lips(pred), lips(target), mask),
+        "style": encoder.triplet_loss(f_s, encoder.embed(batch.positive_waveforms),
+                                      encoder.embed(batch.negative_waveforms), model.config.triplet_margin),
+    }
+    losses["total"] = losses["mse"] + losses["vel"] + AUX_WEIGHT * (losses["lip"] + losses["style"])
+    return losses

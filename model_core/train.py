@@ -1,0 +1,142 @@
+"""Training of stage 1 (memorizing) and stage 2 (animating): checkpoint every epoch, resumable,
+best checkpoint chosen on the validation split's LVE, seeded per epoch so a resumed run equals an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_model, save_model
+from .config import MemoryTalkerConfig
+from .data import DatasetInfo, TalkingFaceDataset, collate
+from .errors import MemoryTalkerError
+from .evaluate import evaluate_model
+from .inference import resolve_device
+from .losses import stage1_losses, stage2_losses
+from .model import MemoryTalker
+
+log = logging.getLogger(__name__)
+DEFAULT_LR = {"1": 1e-4, "2": 5e-5}
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainOptions:
+    stage: str
+    data: Path
+    out: Path
+    epochs: int = 100
+    lr: float | None = None
+    batch_size: int = 1
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    init: Path | None = None  # a model folder: required for stage 2 (the stage-1 model)
+    backbone: str | None = None  # hub id or folder for a new stage-1 model
+    config: Path | None = None  # JSON of MemoryTalkerConfig fields for a new stage-1 model
+    dataset: str | None = None  # preset: vocaset or biwi (default: dataset.json or vocaset)
+    num_workers: int = 0
+    progress: bool = True
+
+
+def _seed(seed: int, epoch: int) -> torch.Generator:
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    np.random.seed((seed * 1_000_003 + epoch) % 2**32)
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _new_stage1_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
+    fields = json.loads(Path(opts.config).read_text()) if opts.config else {}
+    fields.setdefault("num_vertices", info.num_vertices)
+    fields.setdefault("fps", info.fps)
+    if opts.backbone:
+        fields.update(backbone=opts.backbone, backbone_config=None)
+    config = MemoryTalkerConfig.from_dict(fields)
+    if config.num_vertices != info.num_vertices:
+        raise MemoryTalkerError(f"the config has {config.num_vertices} vertices, the data {info.num_vertices}")
+    torch.manual_seed(opts.seed)
+    model = MemoryTalker(config) if config.backbone_config else MemoryTalker.from_pretrained_backbone(config)
+    model.template.copy_(torch.from_numpy(np.mean(list(info.templates.values()), axis=0)))
+    return model
+
+
+def _build_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
+    if opts.resume and (opts.out / "last").exists():
+        return load_model(opts.out / "last")
+    if opts.init:
+        model = load_model(opts.init)
+    elif opts.stage == "2":
+        raise MemoryTalkerError("stage 2 starts from a stage-1 model: pass --init STAGE1_MODEL_DIR")
+    else:
+        model = _new_stage1_model(opts, info)
+    if model.config.num_vertices != info.num_vertices:
+        raise MemoryTalkerError(f"the model has {model.config.num_vertices} vertices, the data {info.num_vertices}")
+    if opts.stage == "2":
+        model.config.stylized = True
+    return model
+
+
+def train(opts: TrainOptions) -> Path:
+    """Runs (or resumes) training; returns the folder of the best model."""
+    if opts.stage not in DEFAULT_LR:
+        raise MemoryTalkerError(f"unknown stage {opts.stage!r}; use 1 or 2")
+    opts.out = Path(opts.out)
+    info = DatasetInfo.open(opts.data, opts.dataset)
+    device = resolve_device(opts.device)
+    model = _build_model(opts, info).to(device)
+    trainable = model.set_stage(opts.stage)
+    optimizer = torch.optim.Adam(trainable, lr=opts.lr or DEFAULT_LR[opts.stage])
+    train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
+    has_val = bool(info.items("val")) if "val" in info.splits else False
+    lips = torch.from_numpy(info.lip_indices).to(device)
+
+    start_epoch, best, history = 0, float("inf"), []
+    state_path = opts.out / STATE_FILE
+    if opts.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["stage"] != opts.stage:
+            raise MemoryTalkerError(f"{opts.out} holds a stage-{state['stage']} run; cannot resume it as stage {opts.stage}")
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
+        log.info("resuming at epoch %d", start_epoch + 1)
+
+    for epoch in range(start_epoch, opts.epochs):
+        generator = _seed(opts.seed, epoch)
+        train_set.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, shuffle=True, generator=generator,
+                                             collate_fn=collate, num_workers=opts.num_workers)
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"stage {opts.stage} epoch {epoch + 1}/{opts.epochs}", disable=not opts.progress)
+        for batch in bar:
+            batch = batch.to(device)
+            losses = stage1_losses(model, batch) if opts.stage == "1" else stage2_losses(model, batch, lips)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{float(losses['total']):.3e}")
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
+        if has_val:
+            record.update({f"val_{k}": v for k, v in evaluate_model(model, info, "val", progress=False).items()})
+        score = record.get("val_LVE", record["train_total"])
+        history.append(record)
+        meta = {"stage": opts.stage, "epoch": epoch + 1, "seed": opts.seed, "data": str(opts.data), "metrics": record}
+        save_model(model, opts.out / "last", meta)
+        if score < best:
+            best = score
+            shutil.copytree(opts.out / "last", opts.out / "best", dirs_exist_ok=True)
+        torch.save({"stage": opts.stage, "epoch": epoch, "best": best, "history": json.dumps(history),
+                    "optimizer": optimizer.state_dict()}, state_path)
+        (opts.out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        log.info("epoch %d: %s", epoch + 1, record)
+    return opts.out / "best"
