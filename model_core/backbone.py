@@ -87,27 +87,70 @@ class AudioEncoder(nn.Module):
         self.base.feature_extractor.eval()  # frozen: no stochastic behaviour, no gradients
         return self
 
-    def cnn_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(samples,) -> (C, T_cnn). The receptive field of the CNN needs at least one window of input."""
+    def _pad_short(self, waveform: torch.Tensor) -> torch.Tensor:
         min_len = self.ctc.config.conv_kernel[0]
-        if waveform.shape[-1] < min_len:
-            waveform = F.pad(waveform, (0, min_len - waveform.shape[-1]))
+        return F.pad(waveform, (0, min_len - waveform.shape[-1])) if waveform.shape[-1] < min_len else waveform
+
+    def _first_norm(self) -> nn.GroupNorm | None:
+        norm = getattr(self.base.feature_extractor.conv_layers[0], "layer_norm", None)
+        return norm if isinstance(norm, nn.GroupNorm) else None
+
+    @torch.no_grad()
+    def clip_statistics(self, waveform: torch.Tensor, chunk_samples: int = 16000 * 60) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel mean and variance of the first CNN layer over a whole clip, computed in chunks.
+
+        Backbones with feat_extract_norm="group" (HuBERT-base) normalise that layer over the whole
+        input; windows of a long clip use these statistics so their CNN features equal the whole
+        clip's. Returns None for backbones whose CNN is local already.
+        """
+        if self._first_norm() is None:
+            return None
+        conv = self.base.feature_extractor.conv_layers[0].conv
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        waveform = self._pad_short(waveform)
+        step = max(stride, chunk_samples // stride * stride)
+        total = total_sq = None
+        count = 0
+        for start in range(0, waveform.shape[-1] - kernel + 1, step):
+            out = conv(waveform[start:start + step + kernel - stride][None, None])[0].double()
+            total = out.sum(-1) if total is None else total + out.sum(-1)
+            total_sq = out.square().sum(-1) if total_sq is None else total_sq + out.square().sum(-1)
+            count += out.shape[-1]
+        mean = total / count
+        return mean.float(), (total_sq / count - mean.square()).clamp(min=0).float()
+
+    def cnn_features(self, waveform: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(samples,) -> (C, T_cnn), optionally normalising the first layer with whole-clip statistics."""
+        waveform = self._pad_short(waveform)
+        extractor = self.base.feature_extractor
         with torch.no_grad():
-            return self.base.feature_extractor(waveform[None])[0]
+            if statistics is None:
+                return extractor(waveform[None])[0]
+            first, norm = extractor.conv_layers[0], self._first_norm()
+            mean, var = statistics
+            hidden = first.conv(waveform[None, None])
+            hidden = (hidden - mean[:, None]) * torch.rsqrt(var[:, None] + norm.eps) * norm.weight[:, None] + norm.bias[:, None]
+            hidden = first.activation(hidden)
+            for layer in extractor.conv_layers[1:]:
+                hidden = layer(hidden)
+            return hidden[0]
 
     def forward(
         self,
         waveforms: list[torch.Tensor],
         frame_counts: list[int],
         autocast_dtype: torch.dtype | None = None,
+        statistics: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpadded waveforms -> CTC logits (B, T, slots) at the motion frame rate, and a frame mask.
 
         The frozen CNN runs per clip on its true length, so padding never changes a clip's features.
+        `statistics` (from clip_statistics) is given when the waveforms are windows of longer clips.
         """
+        statistics = statistics or [None] * len(waveforms)
         features = [
-            resample_features(self.cnn_features(w), n, self.feature_rate, self.fps).transpose(0, 1)
-            for w, n in zip(waveforms, frame_counts)
+            resample_features(self.cnn_features(w, st), n, self.feature_rate, self.fps).transpose(0, 1)
+            for w, n, st in zip(waveforms, frame_counts, statistics)
         ]
         frames = max(frame_counts)
         device = features[0].device

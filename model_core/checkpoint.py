@@ -172,12 +172,23 @@ def import_official(checkpoint: str | Path, out: str | Path, config: MemoryTalke
     if "output_proj.weight" not in state or "memory_net.M_m" not in state:
         raise CheckpointError(f"{checkpoint}: not a MemoryTalker research checkpoint (no output_proj / memory_net.M_m)")
     feature_dim = state["output_proj.weight"].shape[1]
-    config = config.replace(
+    sizes = dict(
         num_vertices=state["output_proj.weight"].shape[0] // 3,
         feature_dim=feature_dim,
         mem_slots=state["memory_net.M_m"].shape[0],
         stylized=any(k.startswith("style_encoder.") for k in state),
+        decoder_layers=len({k.split(".")[2] for k in state if k.startswith("D_m.layers.")}),
     )
+    if "D_m.layers.0.linear1.weight" in state:
+        sizes["decoder_ff_dim"] = state["D_m.layers.0.linear1.weight"].shape[0]
+    speaker = "style_encoder.audio_encoder."
+    if speaker + "in_conv_layer.weight" in state:
+        sizes.update(
+            style_channels=state[speaker + "in_conv_layer.weight"].shape[0],
+            style_embedding_dim=state[speaker + "output_layer.weight"].shape[0],
+            style_dense_blocks=len({k.split(".")[3] for k in state if k.startswith(speaker + "first_dense_layers.")}),
+        )
+    config = config.replace(**sizes)
     model = MemoryTalker(config)
     converted, ignored, unknown = convert_official_state(state, feature_dim)
     expected = model.state_dict()

@@ -23,6 +23,7 @@ from .errors import MemoryTalkerError
 from .model import MemoryTalker
 
 MIN_FPS, MAX_FPS = 23.976, 120.0
+STYLE_CHUNK_SECONDS = 60  # style pooling chunk: bounds memory, independent of the motion windows
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -118,7 +119,7 @@ class Animator:
         """f_s of a whole clip: conv features pooled over all of it, computed window by window."""
         encoder = self.model.style_encoder
         hop = self.model.config.hop_length
-        step = self._samples(self.window_frames) // hop * hop
+        step = STYLE_CHUNK_SECONDS * self.sample_rate // hop * hop
         total, count = None, 0
         for start in range(0, len(waveform.samples), step):
             piece = torch.from_numpy(waveform.samples[start:start + step]).to(self.device)
@@ -128,6 +129,7 @@ class Animator:
             count += features.shape[-1]
         return encoder.embed_pooled(total / count)
 
+    @torch.inference_mode()
     def style_weights(self, waveform: Waveform, strength: float, style_reference: Waveform | None) -> torch.Tensor | None:
         if not 0.0 <= strength <= 1.0:
             raise MemoryTalkerError(f"style strength must be between 0 and 1, got {strength}")
@@ -147,12 +149,13 @@ class Animator:
         return [(s, min(s + self.window_frames, frames)) for s in starts]
 
     @torch.inference_mode()
-    def _window_motion(self, samples: np.ndarray, start: int, end: int, style: torch.Tensor | None) -> np.ndarray:
+    def _window_motion(self, samples: np.ndarray, start: int, end: int, style: torch.Tensor | None,
+                       statistics: tuple[torch.Tensor, torch.Tensor] | None) -> np.ndarray:
         # Two feature hops of audio past the window end give its last frames their true features.
         a = self._samples(start)
         b = min(len(samples), self._samples(end) + 2 * self.model.audio_encoder.samples_per_feature)
         audio = torch.from_numpy(samples[a:b]).to(self.device)
-        logits, mask = self.model.audio_encoder([audio], [end - start], self.autocast_dtype)
+        logits, mask = self.model.audio_encoder([audio], [end - start], self.autocast_dtype, [statistics])
         out = self.model.predict(logits, mask, style, offset=start)
         return out[0].view(end - start, -1, 3).float().cpu().numpy()
 
@@ -167,8 +170,12 @@ class Animator:
         ramp = ((np.arange(overlap) + 0.5) / overlap).astype(np.float32)[:, None, None]
         carry: np.ndarray | None = None
         plan = self.windows(frames)
+        statistics = None
+        if len(plan) > 1:
+            with torch.inference_mode():
+                statistics = self.model.audio_encoder.clip_statistics(torch.from_numpy(waveform.samples).to(self.device))
         for i, (start, end) in enumerate(plan):
-            motion = self._window_motion(waveform.samples, start, end, style)
+            motion = self._window_motion(waveform.samples, start, end, style, statistics)
             if carry is not None:
                 motion[:overlap] = carry * (1 - ramp) + motion[:overlap] * ramp
             last = i == len(plan) - 1

@@ -123,8 +123,8 @@ def train(opts: TrainOptions) -> Path:
             losses["total"].backward()
             optimizer.step()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{float(losses['total']):.3e}")
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{sums['total'] / (bar.n + 1):.3e}")
         record = {"epoch": epoch + 1, **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
         if has_val:
             record.update({f"val_{k}": v for k, v in evaluate_model(model, info, "val", progress=False).items()})

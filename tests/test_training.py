@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import LIPS, UPPER, tiny_config, tiny_model
+from safetensors.torch import load_file
+
+from model_core.cli import main
+from model_core.data import DatasetInfo, TalkingFaceDataset, collate
+from model_core.losses import stage1_losses, stage2_losses
+
+
+def losses_over_steps(model, batch, step_fn, steps=25, lr=2e-3):
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    history = []
+    for _ in range(steps):
+        losses = step_fn(model, batch)
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+        history.append(float(losses["total"].detach()))
+    return history
+
+
+def test_dataset_layout_splits_and_triplets(dataset_dir):
+    info = DatasetInfo.open(dataset_dir)
+    train = TalkingFaceDataset(info, "train", triplets=True, seed=1)
+    assert len(train) == 6 and {i.subject for i in train.items} == {"SpkA", "SpkB"}
+    assert {i.name for i in TalkingFaceDataset(info, "test").items} == {f"SpkC_sentence0{k}" for k in range(1, 5)}
+    sample = train[0]
+    raw = np.load(dataset_dir / "vertices_npy" / f"{sample['name']}.npy")
+    np.testing.assert_array_equal(sample["vertices"].numpy(), raw[::2])  # 60 -> 30 fps
+    assert list(info.lip_indices) == LIPS and list(info.upper_face_indices) == UPPER
+    again = train[0]
+    assert torch.equal(sample["negative_audio"], again["negative_audio"])  # reproducible per (seed, epoch, index)
+    batch = collate([train[0], train[3]])
+    assert batch.vertices.shape[0] == 2 and batch.mask.sum().item() == sum(batch.frame_counts)
+
+
+def test_stage1_steps_reduce_the_loss_with_padded_batches(dataset_dir):
+    info = DatasetInfo.open(dataset_dir)
+    batch = collate([TalkingFaceDataset(info, "train")[i] for i in (0, 3, 5)])
+    model = tiny_model(seed=0, randomize_output=False)
+    model.set_stage("1")
+    model.train()
+    history = losses_over_steps(model, batch, stage1_losses)
+    assert history[-1] < 0.75 * history[0]
+
+
+def test_stage2_reduces_the_loss_and_changes_only_the_style_encoder(dataset_dir):
+    info = DatasetInfo.open(dataset_dir)
+    data = TalkingFaceDataset(info, "train", triplets=True)
+    batch = collate([data[i] for i in (0, 4)])
+    model = tiny_model(seed=0, randomize_output=False, stylized=True)
+    model.set_stage("1")
+    model.train()
+    losses_over_steps(model, batch, stage1_losses, steps=20)  # stage 2 starts from a stage-1 model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.set_stage("2")
+    model.train()
+    lips = torch.tensor(LIPS)
+    history = losses_over_steps(model, batch, lambda m, b: stage2_losses(m, b, lips), steps=15, lr=1e-3)
+    assert np.mean(history[-5:]) < 0.5 * history[0]
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("style_encoder.") for k in changed)
+
+
+def test_train_cli_checkpoints_every_epoch_selects_on_val_and_resumes_reproducibly(dataset_dir, tmp_path):
+    config = tmp_path / "tiny.json"
+    fields = tiny_config().to_dict()
+    config.write_text(json.dumps({k: fields[k] for k in ("feature_dim", "decoder_ff_dim", "backbone", "backbone_config",
+                                                         "style_channels", "style_embedding_dim", "style_dense_blocks")}))
+    common = ["train", "--stage", "1", "--data", str(dataset_dir), "--config", str(config), "--device", "cpu",
+              "--lr", "1e-3", "--batch-size", "2", "--seed", "7"]
+    assert main([*common, "--out", str(tmp_path / "straight"), "--epochs", "2"]) == 0
+    assert main([*common, "--out", str(tmp_path / "resumed"), "--epochs", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "resumed"), "--epochs", "2", "--resume"]) == 0
+    straight = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    history = json.loads((tmp_path / "straight" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and all("val_LVE" in h for h in history)
+    best_epoch = min(history, key=lambda h: h["val_LVE"])["epoch"]
+    assert json.loads((tmp_path / "straight" / "best" / "config.json").read_text())["metadata"]["epoch"] == best_epoch
+
+    stage2 = ["train", "--stage", "2", "--data", str(dataset_dir), "--init", str(tmp_path / "straight" / "best"),
+              "--out", str(tmp_path / "s2"), "--epochs", "1", "--device", "cpu"]
+    assert main(stage2) == 0
+    s2 = load_file(str(tmp_path / "s2" / "last" / "model.safetensors"))
+    assert all(torch.equal(straight[k], s2[k]) for k in straight if not k.startswith("style_encoder."))
+    assert json.loads((tmp_path / "s2" / "best" / "config.json").read_text())["config"]["stylized"] is True
+
+    assert main(["evaluate", "--model", str(tmp_path / "s2" / "best"), "--data", str(dataset_dir), "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "s2" / "best" / "eval_test.json").read_text())
+    assert {"LVE", "FVE", "LDTW", "Lip-max", "FDD"} <= set(results) and results["sequences"] == 4
+
+
+def test_stage2_needs_a_stage1_model(dataset_dir, tmp_path, capsys):
+    assert main(["train", "--stage", "2", "--data", str(dataset_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "--init" in capsys.readouterr().err
+
+
+def test_metrics_equal_hand_computation():
+    from model_core.metrics import MetricAccumulator, dtw_distance
+
+    gt = np.zeros((2, 3, 3))
+    pred = gt.copy()
+    pred[0, 0] = [0.3, 0.4, 0.0]  # lip vertex 0, frame 0: distance 0.5
+    pred[1, 1] = [0.0, 0.0, 0.2]  # lip vertex 1, frame 1: distance 0.2
+    pred[1, 2] = [1.0, 0.0, 0.0]  # upper-face vertex 2
+    acc = MetricAccumulator(np.array([0, 1]), np.array([2]))
+    acc.add(pred, gt, np.zeros((3, 3)))
+    result = acc.result()
+    assert result["LVE"] == pytest.approx((0.25 + 0.04) / 2)
+    assert result["Lip-max"] == pytest.approx((0.5 + 0.2) / 2)
+    assert result["FVE"] == pytest.approx((0.25 / 3 + (0.04 + 1.0) / 3) / 2)
+    assert result["FDD"] == pytest.approx(0.0 - np.std([0.0, 1.0]))
+    assert dtw_distance(np.array([[0.0], [1.0], [2.0]]), np.array([[0.0], [0.0], [1.0], [2.0]])) == 0.0
+    assert dtw_distance(np.array([[0.0], [1.0]]), np.array([[1.0], [1.0]])) == 1.0
