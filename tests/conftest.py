@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,9 @@ def write_dataset(root: Path, subjects: list[str], sentences: range, seconds=(1.
         amplitude = 1.0 + 0.8 * s_index
         for sentence in sentences:
             duration = rng.uniform(*seconds)
-            audio, envelope = speech_like(duration, sr, seed=hash((subject, sentence)) % 2**31,
-                                          pitch=110 + 40 * s_index, loudness=0.15 + 0.1 * s_index)
             name = f"{subject}_sentence{sentence:02d}"
+            audio, envelope = speech_like(duration, sr, seed=zlib.crc32(f"{seed}/{name}".encode()),
+                                          pitch=110 + 40 * s_index, loudness=0.15 + 0.1 * s_index)
             sf.write(root / "wav" / f"{name}.wav", audio, sr)
             frames = int(round(duration * source_fps))
             env = np.interp(np.arange(frames) / source_fps, np.arange(len(envelope)) / sr, envelope)

@@ -52,7 +52,7 @@ def test_stage2_reduces_the_loss_and_changes_only_the_style_encoder(dataset_dir)
     info = DatasetInfo.open(dataset_dir)
     data = TalkingFaceDataset(info, "train", triplets=True)
     batch = collate([data[i] for i in (0, 4)])
-    model = tiny_model(seed=0, randomize_output=False, stylized=True)
+    model = tiny_model(seed=0, randomize_output=False, stylized=True, triplet_margin=10.0)
     model.set_stage("1")
     model.train()
     losses_over_steps(model, batch, stage1_losses, steps=20)  # stage 2 starts from a stage-1 model
