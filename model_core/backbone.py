@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MemoryTalkerConfig
+from .errors import CheckpointError
 
 SUPPORTED_BACKBONES = ("hubert", "wav2vec2")
+CNN_CHUNK_SECONDS = 10  # chunk length for the whole-clip statistics and the windowed CNN
 
 
 def _ctc_class(model_type: str):
@@ -39,10 +41,16 @@ def backbone_from_pretrained(name_or_path: str, mem_slots: int) -> nn.Module:
     """Pretrained weights from a hub id or a local folder (a user-side download for hub ids)."""
     from transformers import AutoConfig
 
-    hf_config = AutoConfig.from_pretrained(name_or_path)
-    model_cls = _ctc_class(hf_config.model_type)
-    # The published backbone is a pretrained (not ASR-fine-tuned) model: its CTC head starts random.
-    return model_cls.from_pretrained(name_or_path, vocab_size=mem_slots, ignore_mismatched_sizes=True)
+    try:
+        hf_config = AutoConfig.from_pretrained(name_or_path)
+        model_cls = _ctc_class(hf_config.model_type)
+        # The published backbone is a pretrained (not ASR-fine-tuned) model: its CTC head starts random.
+        return model_cls.from_pretrained(name_or_path, vocab_size=mem_slots, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot load the audio backbone {name_or_path!r} ({str(exc).splitlines()[0]}); give a local folder "
+            "saved with save_pretrained(), or a hub id on a machine with network access"
+        ) from None
 
 
 def resample_features(features: torch.Tensor, num_frames: int, feature_rate: float, fps: float) -> torch.Tensor:
@@ -64,6 +72,7 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: MemoryTalkerConfig, ctc_model: nn.Module):
         super().__init__()
         self.fps = config.fps
+        self.sample_rate = config.sample_rate
         self.ctc = ctc_model
         self.ctc.freeze_feature_encoder()
         self.feature_rate = config.sample_rate / self._total_stride()
@@ -95,8 +104,16 @@ class AudioEncoder(nn.Module):
         norm = getattr(self.base.feature_extractor.conv_layers[0], "layer_norm", None)
         return norm if isinstance(norm, nn.GroupNorm) else None
 
+    @property
+    def receptive_field(self) -> int:
+        """Input samples behind one CNN frame (400 for HuBERT/wav2vec2: 25 ms)."""
+        field = 1
+        for kernel, stride in reversed(list(zip(self.ctc.config.conv_kernel, self.ctc.config.conv_stride))):
+            field = (field - 1) * stride + kernel
+        return field
+
     @torch.no_grad()
-    def clip_statistics(self, waveform: torch.Tensor, chunk_samples: int = 16000 * 60) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def clip_statistics(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-channel mean and variance of the first CNN layer over a whole clip, computed in chunks.
 
         Backbones with feat_extract_norm="group" (HuBERT-base) normalise that layer over the whole
@@ -108,32 +125,49 @@ class AudioEncoder(nn.Module):
         conv = self.base.feature_extractor.conv_layers[0].conv
         kernel, stride = conv.kernel_size[0], conv.stride[0]
         waveform = self._pad_short(waveform)
-        step = max(stride, chunk_samples // stride * stride)
-        total = total_sq = None
-        count = 0
+        step = CNN_CHUNK_SECONDS * self.sample_rate // stride * stride
+        counts, means, variances = [], [], []
         for start in range(0, waveform.shape[-1] - kernel + 1, step):
-            out = conv(waveform[start:start + step + kernel - stride][None, None])[0].double()
-            total = out.sum(-1) if total is None else total + out.sum(-1)
-            total_sq = out.square().sum(-1) if total_sq is None else total_sq + out.square().sum(-1)
-            count += out.shape[-1]
-        mean = total / count
-        return mean.float(), (total_sq / count - mean.square()).clamp(min=0).float()
+            out = conv(waveform[start:start + step + kernel - stride][None, None])[0]
+            variance, mean = torch.var_mean(out, dim=-1, correction=0)
+            counts.append(out.shape[-1])
+            means.append(mean.double())
+            variances.append(variance.double())
+        # Pool the chunks' moments: E[x] and E[x^2] weighted by each chunk's frame count.
+        weights = torch.tensor(counts, dtype=torch.float64, device=waveform.device)[:, None] / sum(counts)
+        mean = (weights * torch.stack(means)).sum(0)
+        second = (weights * (torch.stack(variances) + torch.stack(means).square())).sum(0)
+        return mean.float(), (second - mean.square()).clamp(min=0).float()
 
     def cnn_features(self, waveform: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(samples,) -> (C, T_cnn), optionally normalising the first layer with whole-clip statistics."""
+        """(samples,) -> (C, T_cnn).
+
+        With whole-clip statistics (see clip_statistics) the first layer is normalised with them and
+        the CNN, then local, runs in chunks with receptive-field overlap: same features, a fraction
+        of the activation memory.
+        """
         waveform = self._pad_short(waveform)
-        extractor = self.base.feature_extractor
         with torch.no_grad():
             if statistics is None:
-                return extractor(waveform[None])[0]
-            first, norm = extractor.conv_layers[0], self._first_norm()
-            mean, var = statistics
-            hidden = first.conv(waveform[None, None])
-            hidden = (hidden - mean[:, None]) * torch.rsqrt(var[:, None] + norm.eps) * norm.weight[:, None] + norm.bias[:, None]
-            hidden = first.activation(hidden)
-            for layer in extractor.conv_layers[1:]:
-                hidden = layer(hidden)
-            return hidden[0]
+                return self.base.feature_extractor(waveform[None])[0]
+            stride, field = self.samples_per_feature, self.receptive_field
+            frames = (waveform.shape[-1] - field) // stride + 1
+            chunk = CNN_CHUNK_SECONDS * self.sample_rate // stride
+            return torch.cat([
+                self._normalised_cnn(waveform[f * stride:(min(f + chunk, frames) - 1) * stride + field], statistics)
+                for f in range(0, frames, chunk)
+            ], dim=-1)
+
+    def _normalised_cnn(self, waveform: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        layers = self.base.feature_extractor.conv_layers
+        norm = self._first_norm()
+        mean, var = statistics
+        scale = norm.weight * torch.rsqrt(var + norm.eps)
+        hidden = layers[0].conv(waveform[None, None])
+        hidden = layers[0].activation(torch.addcmul((norm.bias - mean * scale)[:, None], hidden, scale[:, None]))
+        for layer in layers[1:]:
+            hidden = layer(hidden)
+        return hidden[0]
 
     def forward(
         self,

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .config import MemoryTalkerConfig
 from .errors import CheckpointError
@@ -63,30 +64,35 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Memory
     if config.backbone_config is None:
         raise CheckpointError(f"{folder / CONFIG_FILE}: the config has no backbone_config; the folder is incomplete")
     model = MemoryTalker(config)
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: unreadable weights ({exc})") from None
-    _load_state_strict(model, state, folder / WEIGHTS_FILE)
+    _load_weights(model, folder / WEIGHTS_FILE)
     model.metadata = document.get("metadata", {})
     return model.to(device).eval()
 
 
-def _load_state_strict(model: MemoryTalker, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load_weights(model: MemoryTalker, path: Path) -> None:
+    """Copies tensors one at a time into the model, so loading never holds two copies of the weights."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append("shape mismatch for " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]))
-        raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(parts))
-    model.load_state_dict(state)
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            names = set(weights.keys())
+            missing = sorted(set(expected) - names)
+            unexpected = sorted(names - set(expected))
+            shapes = {k: tuple(weights.get_slice(k).get_shape()) for k in names & set(expected)}
+            wrong = sorted(k for k, shape in shapes.items() if shape != tuple(expected[k].shape))
+            if missing or unexpected or wrong:
+                parts = []
+                if missing:
+                    parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+                if unexpected:
+                    parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+                if wrong:
+                    parts.append("shape mismatch for " + ", ".join(f"{k} {shapes[k]} vs {tuple(expected[k].shape)}" for k in wrong[:3]))
+                raise CheckpointError(f"{path}: weights do not match config.json: " + "; ".join(parts))
+            with torch.no_grad():
+                for name in names:
+                    expected[name].copy_(weights.get_tensor(name))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({exc})") from None
 
 
 # -- research-code checkpoints ------------------------------------------------------------------

@@ -62,6 +62,10 @@ class TimeResampler:
         self.buffer_start = 0
 
     def push(self, block: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.ratio == 1.0:  # same rate: frames pass through untouched
+            out = block[: self.total - self.next_out]
+            self.next_out += len(out)
+            return out
         self.buffer = block if self.buffer is None else np.concatenate([self.buffer, block])
         end = self.buffer_start + len(self.buffer)
         k = np.arange(self.next_out, self.total)

@@ -129,3 +129,9 @@ def test_new_model_from_a_local_pretrained_backbone_folder(tmp_path):
     assert model.config.backbone_config["hidden_size"] == 32
     for key, value in ctc.state_dict().items():
         assert torch.equal(model.audio_encoder.ctc.state_dict()[key], value)
+
+
+def test_a_backbone_that_cannot_be_loaded_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="cannot load the audio backbone"):
+        MemoryTalker.from_pretrained_backbone(tiny_config(backbone=str(tmp_path / "nothing-here"), backbone_config=None))

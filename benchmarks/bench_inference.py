@@ -1,0 +1,121 @@
+"""Inference benchmark (not a test): a HuBERT-base-size MemoryTalker with random weights on FLAME
+topology (5023 vertices), end to end from an audio file to a written .npy.
+
+Reports seconds per 10 s and per 60 s of audio, the share spent in the bare backbone forward
+(the HuBERT CNN + transformer + CTC head on the clip at 30 fps, as the model runs it), and the
+peak RSS and time of `python -m model_core animate` on a 10-minute file (a separate process).
+
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from model_core import Animator, MemoryTalker, MemoryTalkerConfig, load_audio, save_model
+from model_core.config import hubert_base_config
+from model_core.motion_io import MotionWriter
+
+
+def speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.3 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sr
+    voice = sum(np.sin(h * phase) / h for h in range(1, 8)) + 0.1 * rng.normal(size=t.size)
+    return (0.2 * envelope * voice).astype(np.float32)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def end_to_end(animator: Animator, path: Path, out: Path) -> None:
+    waveform = load_audio(path)
+    total, blocks = animator.stream(waveform)
+    template = animator.model.template.cpu().numpy()
+    with MotionWriter(out, total, template.shape[0], animator.fps, template) as writer:
+        for block in blocks:
+            writer.write(block)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long-minutes", type=float, default=10.0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = MemoryTalkerConfig(backbone=None, backbone_config=hubert_base_config(), stylized=True)
+    model = MemoryTalker(config).eval()
+    with torch.no_grad():
+        model.output_proj.weight.normal_(0, 1e-3)
+    animator = Animator(model, args.device)
+    params = sum(p.numel() for p in model.parameters())
+    results: dict = {"device": args.device, "torch_threads": torch.get_num_threads(), "parameters_millions": params / 1e6,
+                     "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "clips": {}}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for seconds in (10, 60):
+            path = tmp / f"speech_{seconds}s.wav"
+            sf.write(path, speech_like(seconds, 44100), 44100)  # a typical export: decode + resample included
+            wave = load_audio(path)
+            samples = torch.from_numpy(wave.samples).to(animator.device)
+            frames = int(round(seconds * config.fps))
+
+            def backbone() -> None:
+                with torch.inference_mode():
+                    model.audio_encoder([samples], [frames], animator.autocast_dtype)
+
+            e2e = timed(lambda: end_to_end(animator, path, tmp / "out.npy"), args.repeats)
+            bare = timed(backbone, args.repeats)
+            results["clips"][f"{seconds}s"] = {
+                "end_to_end_s": e2e, "backbone_s": bare, "backbone_share": bare / e2e,
+                "overhead_over_backbone": e2e / bare - 1, "seconds_per_10s_audio": e2e * 10 / seconds}
+            print(f"{seconds:>4} s audio: end to end {e2e:.3f} s, backbone {bare:.3f} s "
+                  f"({100 * bare / e2e:.1f} %), overhead {100 * (e2e / bare - 1):.1f} %", flush=True)
+
+        folder = save_model(model, tmp / "model")
+        long_path = tmp / "long.wav"
+        sf.write(long_path, speech_like(args.long_minutes * 60, 16000, seed=1), 16000)
+        command = [sys.executable, "-m", "model_core", "animate", str(long_path), "--model", str(folder),
+                   "--device", args.device, "--out", str(tmp / "long.npy")]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        output_mb = (tmp / "long.npy").stat().st_size / 2**20
+        results["long"] = {"minutes": args.long_minutes, "wall_s": wall, "peak_rss_mb": peak_mb, "output_mb": output_mb,
+                           "seconds_per_minute_audio": wall / args.long_minutes}
+        print(f"{args.long_minutes:g} min file via the CLI: {wall:.1f} s wall (model load included), peak RSS "
+              f"{peak_mb:.0f} MB, output {output_mb:.0f} MB", flush=True)
+
+    (args.out / f"inference_{args.device}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {args.out / f'inference_{args.device}.json'}")
+
+
+if __name__ == "__main__":
+    main()
