@@ -3,7 +3,8 @@ topology (5023 vertices), end to end from an audio file to a written .npy.
 
 Reports seconds per 10 s and per 60 s of audio, the share spent in the bare backbone forward
 (the HuBERT CNN + transformer + CTC head on the clip at 30 fps, as the model runs it), and the
-peak RSS and time of `python -m model_core animate` on a 10-minute file (a separate process).
+peak RSS and time of `python -m model_core animate` on a 1-minute and a 10-minute file (separate
+processes; the difference gives the marginal cost per minute, i.e. whether time is linear).
 
     python benchmarks/bench_inference.py [--device cpu|cuda] [--out benchmarks/results]
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,16 +38,18 @@ def speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
     return (0.2 * envelope * voice).astype(np.float32)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def timed_pair(first, second, repeats: int) -> tuple[float, float]:
+    """Best time of each of two functions, run alternately so that load on a shared machine hits both alike."""
+    first(), second()  # warm-up
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for index, fn in enumerate((first, second)):
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best[0], best[1]
 
 
 def end_to_end(animator: Animator, path: Path, out: Path) -> None:
@@ -59,11 +61,35 @@ def end_to_end(animator: Animator, path: Path, out: Path) -> None:
             writer.write(block)
 
 
+# Runs the CLI in a fresh interpreter and reads that process's own peak RSS (VmHWM) at exit:
+# RUSAGE_CHILDREN could report the benchmark's own size, inherited at fork.
+_PEAK_WRAPPER = """
+import runpy, sys
+sys.argv = ["model_core"] + sys.argv[1:]
+try:
+    runpy.run_module("model_core", run_name="__main__")
+finally:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    print("PEAK_RSS_KB", status["VmHWM"].split()[0], file=sys.stderr)
+"""
+
+
+def run_cli(arguments: list[str]) -> tuple[float, float]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *arguments], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    peak_kb = next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
+    return wall, peak_kb / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long-minutes", type=float, default=10.0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -90,8 +116,7 @@ def main() -> None:
                 with torch.inference_mode():
                     model.audio_encoder([samples], [frames], animator.autocast_dtype)
 
-            e2e = timed(lambda: end_to_end(animator, path, tmp / "out.npy"), args.repeats)
-            bare = timed(backbone, args.repeats)
+            e2e, bare = timed_pair(lambda: end_to_end(animator, path, tmp / "out.npy"), backbone, args.repeats)
             results["clips"][f"{seconds}s"] = {
                 "end_to_end_s": e2e, "backbone_s": bare, "backbone_share": bare / e2e,
                 "overhead_over_backbone": e2e / bare - 1, "seconds_per_10s_audio": e2e * 10 / seconds}
@@ -99,19 +124,20 @@ def main() -> None:
                   f"({100 * bare / e2e:.1f} %), overhead {100 * (e2e / bare - 1):.1f} %", flush=True)
 
         folder = save_model(model, tmp / "model")
-        long_path = tmp / "long.wav"
-        sf.write(long_path, speech_like(args.long_minutes * 60, 16000, seed=1), 16000)
-        command = [sys.executable, "-m", "model_core", "animate", str(long_path), "--model", str(folder),
-                   "--device", args.device, "--out", str(tmp / "long.npy")]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        output_mb = (tmp / "long.npy").stat().st_size / 2**20
-        results["long"] = {"minutes": args.long_minutes, "wall_s": wall, "peak_rss_mb": peak_mb, "output_mb": output_mb,
-                           "seconds_per_minute_audio": wall / args.long_minutes}
-        print(f"{args.long_minutes:g} min file via the CLI: {wall:.1f} s wall (model load included), peak RSS "
-              f"{peak_mb:.0f} MB, output {output_mb:.0f} MB", flush=True)
+        del model, animator  # the CLI runs below are measured as separate processes
+        results["cli"] = {}
+        for minutes in (1.0, args.long_minutes):
+            path = tmp / f"long_{minutes:g}min.wav"
+            sf.write(path, speech_like(minutes * 60, 16000, seed=1), 16000)
+            wall, peak_mb = run_cli(["animate", str(path), "--model", str(folder), "--device", args.device,
+                                     "--out", str(tmp / "long.npy")])
+            output_mb = (tmp / "long.npy").stat().st_size / 2**20
+            results["cli"][f"{minutes:g}min"] = {"wall_s": wall, "peak_rss_mb": peak_mb, "output_mb": output_mb}
+            print(f"{minutes:g} min file via the CLI: {wall:.1f} s wall (start-up and model load included), "
+                  f"peak RSS {peak_mb:.0f} MB, output {output_mb:.0f} MB", flush=True)
+        short, long = results["cli"]["1min"], results["cli"][f"{args.long_minutes:g}min"]
+        results["marginal_seconds_per_minute"] = (long["wall_s"] - short["wall_s"]) / (args.long_minutes - 1.0)
+        print(f"marginal cost: {results['marginal_seconds_per_minute']:.2f} s per minute of audio", flush=True)
 
     (args.out / f"inference_{args.device}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out / f'inference_{args.device}.json'}")
