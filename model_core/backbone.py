@@ -124,47 +124,55 @@ class AudioEncoder(nn.Module):
             return None
         conv = self.base.feature_extractor.conv_layers[0].conv
         kernel, stride = conv.kernel_size[0], conv.stride[0]
-        waveform = self._pad_short(waveform)
+        # The first layer maps each window x of `kernel` samples to w_c . x (+ b_c), so its per-channel
+        # mean and variance follow from the mean and second moment of the windows alone:
+        # mean_c = w_c . E[x] + b_c, var_c = w_c^T E[x x^T] w_c - (w_c . E[x])^2. No activations needed.
+        waveform = self._pad_short(waveform).double()
         step = CNN_CHUNK_SECONDS * self.sample_rate // stride * stride
-        counts, means, variances = [], [], []
+        count, total, outer = 0, torch.zeros(kernel, dtype=torch.float64), torch.zeros(kernel, kernel, dtype=torch.float64)
+        total, outer = total.to(waveform.device), outer.to(waveform.device)
         for start in range(0, waveform.shape[-1] - kernel + 1, step):
-            out = conv(waveform[start:start + step + kernel - stride][None, None])[0]
-            variance, mean = torch.var_mean(out, dim=-1, correction=0)
-            counts.append(out.shape[-1])
-            means.append(mean.double())
-            variances.append(variance.double())
-        # Pool the chunks' moments: E[x] and E[x^2] weighted by each chunk's frame count.
-        weights = torch.tensor(counts, dtype=torch.float64, device=waveform.device)[:, None] / sum(counts)
-        mean = (weights * torch.stack(means)).sum(0)
-        second = (weights * (torch.stack(variances) + torch.stack(means).square())).sum(0)
-        return mean.float(), (second - mean.square()).clamp(min=0).float()
+            windows = waveform[start:start + step + kernel - stride].unfold(0, kernel, stride)
+            count += windows.shape[0]
+            total += windows.sum(0)
+            outer += windows.T @ windows
+        weight = conv.weight[:, 0, :].double()
+        projected_mean = weight @ (total / count)
+        variance = ((weight @ (outer / count)) * weight).sum(-1) - projected_mean.square()
+        mean = projected_mean + (conv.bias.double() if conv.bias is not None else 0.0)
+        return mean.float(), variance.clamp(min=0).float()
 
     def cnn_features(self, waveform: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(samples,) -> (C, T_cnn).
+        """(samples,) -> (C, T_cnn), the transformers feature encoder's output, computed in chunks.
 
-        With whole-clip statistics (see clip_statistics) the first layer is normalised with them and
-        the CNN, then local, runs in chunks with receptive-field overlap: same features, a fraction
-        of the activation memory.
+        A group-normalised first layer uses whole-clip statistics (computed here, or given when the
+        waveform is a window of a longer clip) folded into its convolution; the CNN is then local,
+        so chunks with receptive-field overlap give the same features in bounded memory.
         """
         waveform = self._pad_short(waveform)
+        if statistics is None and self._first_norm() is not None:
+            statistics = self.clip_statistics(waveform)
+        stride, field = self.samples_per_feature, self.receptive_field
+        frames = (waveform.shape[-1] - field) // stride + 1
+        chunk = CNN_CHUNK_SECONDS * self.sample_rate // stride
         with torch.no_grad():
-            if statistics is None:
-                return self.base.feature_extractor(waveform[None])[0]
-            stride, field = self.samples_per_feature, self.receptive_field
-            frames = (waveform.shape[-1] - field) // stride + 1
-            chunk = CNN_CHUNK_SECONDS * self.sample_rate // stride
             return torch.cat([
-                self._normalised_cnn(waveform[f * stride:(min(f + chunk, frames) - 1) * stride + field], statistics)
+                self._cnn_chunk(waveform[f * stride:(min(f + chunk, frames) - 1) * stride + field], statistics)
                 for f in range(0, frames, chunk)
             ], dim=-1)
 
-    def _normalised_cnn(self, waveform: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _cnn_chunk(self, waveform: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         layers = self.base.feature_extractor.conv_layers
-        norm = self._first_norm()
-        mean, var = statistics
-        scale = norm.weight * torch.rsqrt(var + norm.eps)
-        hidden = layers[0].conv(waveform[None, None])
-        hidden = layers[0].activation(torch.addcmul((norm.bias - mean * scale)[:, None], hidden, scale[:, None]))
+        if statistics is None:
+            hidden = layers[0](waveform[None, None])
+        else:
+            conv, norm = layers[0].conv, self._first_norm()
+            mean, var = statistics
+            # Normalisation with fixed statistics is a per-channel affine map: fold it into the convolution.
+            scale = norm.weight * torch.rsqrt(var + norm.eps)
+            bias = norm.bias - mean * scale + (conv.bias * scale if conv.bias is not None else 0.0)
+            hidden = layers[0].activation(F.conv1d(waveform[None, None], conv.weight * scale[:, None, None], bias,
+                                                   stride=conv.stride))
         for layer in layers[1:]:
             hidden = layer(hidden)
         return hidden[0]

@@ -163,3 +163,17 @@ def test_interpolated_features_are_time_aligned_for_windows():
     window = resample_features(feats[:, 5:], 57, 50.0, 30.0)  # 5 feature frames = 3 motion frames
     torch.testing.assert_close(window, whole[:, 3:])
     assert F.mse_loss(whole[:, 0], feats[:, 0]) == 0
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_chunked_cnn_equals_the_transformers_feature_encoder(norm):
+    from model_core.config import tiny_backbone_config
+
+    model = tiny_model(backbone_config=tiny_backbone_config(feat_extract_norm=norm, conv_bias=True))
+    waveform = torch.randn(16000 * 23 + 123)  # three 10 s chunks, the last one partial
+    encoder = model.audio_encoder
+    with torch.no_grad():
+        reference = encoder.base.feature_extractor(waveform[None])[0]
+    ours = encoder.cnn_features(waveform)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-4)
