@@ -58,7 +58,7 @@ class MotionWriter:
         block = np.asarray(block, np.float32)
         if self.format == ".pc2":
             block = block + self.template
-        self._file.write(np.ascontiguousarray(block, "<f4").tobytes())
+        self._file.write(np.ascontiguousarray(block, "<f4").data)
         self.written += len(block)
 
     def __enter__(self) -> "MotionWriter":
