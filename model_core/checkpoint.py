@@ -178,7 +178,16 @@ def import_official(checkpoint: str | Path, out: str | Path, config: MemoryTalke
     if "output_proj.weight" not in state or "memory_net.M_m" not in state:
         raise CheckpointError(f"{checkpoint}: not a MemoryTalker research checkpoint (no output_proj / memory_net.M_m)")
     feature_dim = state["output_proj.weight"].shape[1]
+    backbone = dict(config.backbone_config)
+    prefix = f"E_aud.{backbone.get('model_type', 'hubert')}."
+    # Architecture switches that the tensors themselves reveal.
+    backbone.update(
+        feat_proj_layer_norm=prefix + "feature_projection.layer_norm.weight" in state,
+        conv_bias=prefix + "feature_extractor.conv_layers.0.conv.bias" in state,
+        feat_extract_norm="layer" if prefix + "feature_extractor.conv_layers.1.layer_norm.weight" in state else "group",
+    )
     sizes = dict(
+        backbone_config=backbone,
         num_vertices=state["output_proj.weight"].shape[0] // 3,
         feature_dim=feature_dim,
         mem_slots=state["memory_net.M_m"].shape[0],

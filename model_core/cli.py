@@ -60,8 +60,8 @@ def _add_import(sub) -> None:
     p = sub.add_parser("import-official", help="convert a research-code state dict (.pth) into a model folder")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--backbone", default="facebook/hubert-base-ls960",
-                   help="architecture of the audio backbone: hub id, local folder, or a transformers config.json")
+    p.add_argument("--backbone", help="architecture of the audio backbone, when it is not HuBERT-base (the research "
+                                      "code's): a transformers config.json, a local folder or a hub id")
     p.add_argument("--dataset", choices=["vocaset", "biwi"], default="vocaset", help="sets fps and PPE period")
 
 
@@ -120,13 +120,19 @@ def run_import(args) -> int:
     from transformers import AutoConfig
 
     from .checkpoint import import_official
-    from .config import MemoryTalkerConfig
+    from .config import DEFAULT_BACKBONE, MemoryTalkerConfig, hubert_base_config
 
     backbone = args.backbone
-    if backbone.endswith(".json") and Path(backbone).is_file():
+    if backbone is None:
+        hf_config, backbone = hubert_base_config(), DEFAULT_BACKBONE  # built in: no download
+    elif backbone.endswith(".json") and Path(backbone).is_file():
         hf_config = json.loads(Path(backbone).read_text())
     else:
-        hf_config = AutoConfig.from_pretrained(backbone).to_dict()
+        try:
+            hf_config = AutoConfig.from_pretrained(backbone).to_dict()
+        except OSError as exc:
+            raise MemoryTalkerError(f"--backbone {backbone}: cannot read its config ({str(exc).splitlines()[0]}); "
+                                    "pass the backbone's config.json instead") from None
     hf_config["vocab_size"] = hf_config.get("vocab_size") or 32
     fps, period = (25.0, 25) if args.dataset == "biwi" else (30.0, 30)
     config = MemoryTalkerConfig(fps=fps, period=period, backbone=backbone, backbone_config=hf_config)

@@ -103,7 +103,7 @@ def test_import_official_cli_names_missing_keys(tmp_path, capsys):
 
 def test_pickle_that_needs_code_execution_is_refused(tmp_path, capsys):
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"E_m.weight": Executable()}, f)
+        pickle.dump({"E_m.weight": Executable()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="would run code, so it is refused"):
         import_official(tmp_path / "evil.pth", tmp_path / "out", tiny_config())
     assert "this would run on load" not in capsys.readouterr().out
@@ -135,3 +135,16 @@ def test_a_backbone_that_cannot_be_loaded_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="cannot load the audio backbone"):
         MemoryTalker.from_pretrained_backbone(tiny_config(backbone=str(tmp_path / "nothing-here"), backbone_config=None))
+
+
+def test_import_official_defaults_to_the_built_in_hubert_base_architecture(tmp_path, monkeypatch):
+    from model_core.config import hubert_base_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    big = MemoryTalker(tiny_config(backbone_config=hubert_base_config(), num_vertices=50))
+    torch.save(official_state_dict(big, 1), tmp_path / "stage1.pth")
+    assert main(["import-official", str(tmp_path / "stage1.pth"), "--out", str(tmp_path / "o")]) == 0
+    imported = load_model(tmp_path / "o")
+    assert imported.config.backbone_config["hidden_size"] == 768 and imported.config.num_vertices == 50
+    for key, value in big.audio_encoder.state_dict().items():
+        assert torch.equal(imported.audio_encoder.state_dict()[key], value), key
