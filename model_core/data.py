@@ -136,15 +136,15 @@ class DatasetInfo:
             raise DataError(f"unknown dataset preset {preset_name!r}; use one of {', '.join(PRESETS)}")
         base = PRESETS[preset_name] if preset_name else {}
         merged = {**base, **{k: v for k, v in meta.items() if k != "preset"}}
-        if splits is not None:
-            merged["splits"] = {**merged.get("splits", {}), **splits}
+        # Splits named in dataset.json or by the caller replace the preset's split of the same name only.
+        merged["splits"] = {**base.get("splits", {}), **meta.get("splits", {}), **(splits or {})}
         templates = read_templates(root)
         lips = read_region(root, LIP_INDEX_FILES, ("lips",))
         if lips is None:
             raise DataError(f"{root}: no lip-index file; add one of {', '.join(LIP_INDEX_FILES)} or {FLAME_MASKS}")
         upper = read_region(root, UPPER_FACE_INDEX_FILES, ("forehead", "eye_region"))
         num_vertices = len(next(iter(templates.values())))
-        if "fps" not in merged or "splits" not in merged:
+        if "fps" not in merged or not merged["splits"]:
             raise DataError(f"{root}/dataset.json must give 'fps' and 'splits' (or name a 'preset': vocaset or biwi)")
         return cls(root, float(merged["fps"]), float(merged.get("source_fps", merged["fps"])), merged["splits"],
                    templates, lips, upper, num_vertices)

@@ -119,3 +119,18 @@ def test_metrics_equal_hand_computation():
     assert result["FDD"] == pytest.approx(0.0 - np.std([0.0, 1.0]))
     assert dtw_distance(np.array([[0.0], [1.0], [2.0]]), np.array([[0.0], [0.0], [1.0], [2.0]])) == 0.0
     assert dtw_distance(np.array([[0.0], [1.0]]), np.array([[1.0], [1.0]])) == 1.0
+
+
+def test_vocaset_defaults_and_split_overrides(tmp_path):
+    from conftest import write_dataset
+
+    root = write_dataset(tmp_path / "voca", ["FaceTalk_170728_03272_TA", "FaceTalk_170809_00138_TA"], range(20, 23))
+    (root / "dataset.json").unlink()  # a plain VOCASET folder: the published splits
+    info = DatasetInfo.open(root)
+    assert (info.fps, info.source_fps) == (30.0, 60.0)
+    assert [i.name for i in info.items("train")] == [f"FaceTalk_170728_03272_TA_sentence{k}" for k in (20, 21, 22)]
+    assert [i.sentence for i in info.items("test")] == [21, 22]  # test sentences are 21-40
+    (root / "dataset.json").write_text(json.dumps(
+        {"preset": "vocaset", "splits": {"test": {"subjects": ["FaceTalk_170809_00138_TA"], "sentences": [20]}}}))
+    info = DatasetInfo.open(root)
+    assert [i.sentence for i in info.items("test")] == [20] and len(info.items("train")) == 3
