@@ -3,6 +3,8 @@ resampled to the motion frame rate before the feature projection and transformer
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -75,21 +77,12 @@ class AudioEncoder(nn.Module):
         self.sample_rate = config.sample_rate
         self.ctc = ctc_model
         self.ctc.freeze_feature_encoder()
-        self.feature_rate = config.sample_rate / self._total_stride()
-
-    def _total_stride(self) -> int:
-        stride = 1
-        for s in self.ctc.config.conv_stride:
-            stride *= s
-        return stride
+        self.samples_per_feature = math.prod(self.ctc.config.conv_stride)
+        self.feature_rate = config.sample_rate / self.samples_per_feature
 
     @property
     def base(self) -> nn.Module:
         return getattr(self.ctc, self.ctc.base_model_prefix)
-
-    @property
-    def samples_per_feature(self) -> int:
-        return self._total_stride()
 
     def train(self, mode: bool = True) -> "AudioEncoder":
         super().train(mode)
@@ -97,8 +90,9 @@ class AudioEncoder(nn.Module):
         return self
 
     def _pad_short(self, waveform: torch.Tensor) -> torch.Tensor:
-        min_len = self.ctc.config.conv_kernel[0]
-        return F.pad(waveform, (0, min_len - waveform.shape[-1])) if waveform.shape[-1] < min_len else waveform
+        """Clips shorter than one CNN frame's receptive field (25 ms) are padded with silence."""
+        field = self.receptive_field
+        return F.pad(waveform, (0, field - waveform.shape[-1])) if waveform.shape[-1] < field else waveform
 
     def _first_norm(self) -> nn.GroupNorm | None:
         norm = getattr(self.base.feature_extractor.conv_layers[0], "layer_norm", None)

@@ -165,3 +165,10 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a MemoryTalker model folder" in err
     assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize("seconds", [0.005, 0.03, 0.1])
+def test_very_short_audio_still_animates(stylized_model, seconds):
+    motion = Animator(stylized_model, "cpu").animate(waveform(seconds), fps=30)
+    assert motion.displacements.shape == (max(1, round(seconds * 30)), NUM_VERTICES, 3)
+    assert np.isfinite(motion.displacements).all()
