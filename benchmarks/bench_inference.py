@@ -138,7 +138,6 @@ def main() -> None:
                   f"({100 * bare / e2e:.1f} %); overhead {100 * (e2e / bare - 1):.1f} %", flush=True)
 
         folder = save_model(model, tmp / "model")
-        del model, animator, clock  # the CLI runs below are measured as separate processes
         results["cli"] = {}
         for minutes in (1.0, args.long_minutes):
             path = tmp / f"long_{minutes:g}min.wav"

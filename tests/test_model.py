@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import NUM_VERTICES, tiny_config, tiny_model
 
-from model_core import MemoryTalker, MemoryTalkerConfig
+from model_core import MemoryTalkerConfig
 from model_core.model import DecoderLayer, MotionMemory, PeriodicPositionalEncoding
 
 
