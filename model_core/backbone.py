@@ -123,8 +123,7 @@ class AudioEncoder(nn.Module):
         # mean_c = w_c . E[x] + b_c, var_c = w_c^T E[x x^T] w_c - (w_c . E[x])^2. No activations needed.
         waveform = self._pad_short(waveform).double()
         step = CNN_CHUNK_SECONDS * self.sample_rate // stride * stride
-        count, total, outer = 0, torch.zeros(kernel, dtype=torch.float64), torch.zeros(kernel, kernel, dtype=torch.float64)
-        total, outer = total.to(waveform.device), outer.to(waveform.device)
+        count, total, outer = 0, waveform.new_zeros(kernel), waveform.new_zeros(kernel, kernel)
         for start in range(0, waveform.shape[-1] - kernel + 1, step):
             windows = waveform[start:start + step + kernel - stride].unfold(0, kernel, stride)
             count += windows.shape[0]

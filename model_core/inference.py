@@ -23,7 +23,6 @@ from .errors import MemoryTalkerError
 from .model import MemoryTalker
 
 MIN_FPS, MAX_FPS = 23.976, 120.0
-STYLE_CHUNK_SECONDS = 60  # style pooling chunk: bounds memory, independent of the motion windows
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -119,21 +118,6 @@ class Animator:
 
     # -- style ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def style_embedding(self, waveform: Waveform) -> torch.Tensor:
-        """f_s of a whole clip: conv features pooled over all of it, computed window by window."""
-        encoder = self.model.style_encoder
-        hop = self.model.config.hop_length
-        step = STYLE_CHUNK_SECONDS * self.sample_rate // hop * hop
-        total, count = None, 0
-        for start in range(0, len(waveform.samples), step):
-            piece = torch.from_numpy(waveform.samples[start:start + step]).to(self.device)
-            features = encoder.speaker.frame_features(encoder.logmel(piece)[None])
-            summed = features.sum(-1)
-            total = summed if total is None else total + summed
-            count += features.shape[-1]
-        return encoder.embed_pooled(total / count)
-
-    @torch.inference_mode()
     def style_weights(self, waveform: Waveform, strength: float, style_reference: Waveform | None) -> torch.Tensor | None:
         if not 0.0 <= strength <= 1.0:
             raise MemoryTalkerError(f"style strength must be between 0 and 1, got {strength}")
@@ -142,7 +126,8 @@ class Animator:
         source = style_reference if style_reference is not None else waveform
         if source.silent:
             return None
-        return self.model.style_weights_from_embedding(self.style_embedding(source), strength)
+        samples = torch.from_numpy(source.samples).to(self.device)
+        return self.model.style_weights_from_embedding(self.model.style_encoder.embed([samples]), strength)
 
     # -- motion ---------------------------------------------------------------------------------
     def windows(self, frames: int) -> list[tuple[int, int]]:

@@ -13,6 +13,8 @@ from .backbone import AudioEncoder, backbone_from_config, backbone_from_pretrain
 from .config import MemoryTalkerConfig
 from .logmel import LogMel
 
+STYLE_CHUNK_SECONDS = 60  # the style encoder pools long clips in chunks of this length
+
 
 class PeriodicPositionalEncoding(nn.Module):
     """Sinusoidal encoding that repeats every `period` frames, computed for any length."""
@@ -189,6 +191,7 @@ class SpeakingStyleEncoder(nn.Module):
         super().__init__()
         n = config.mem_slots
         self.logmel = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+        self.chunk_samples = STYLE_CHUNK_SECONDS * config.sample_rate // config.hop_length * config.hop_length
         self.speaker = SpeakerEncoder(
             config.n_mels, config.style_channels, config.style_embedding_dim, config.style_bank_size,
             config.style_kernel_size, config.style_subsample, config.style_dense_blocks,
@@ -204,10 +207,17 @@ class SpeakingStyleEncoder(nn.Module):
 
     def embed(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
         """One style vector f_s per clip (B, slots); clips run unpadded so padding cannot leak in."""
-        return torch.cat([self.embed_pooled(self.speaker.frame_features(self.logmel(w)[None]).mean(-1)) for w in waveforms])
+        return torch.cat([self._embed_clip(w) for w in waveforms])
 
-    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.to_slots(self.speaker.head(pooled))
+    def _embed_clip(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The speaker encoder's conv features averaged over the whole clip before its dense head,
+        computed in chunks so a long recording's style costs bounded memory."""
+        total, count = 0.0, 0
+        for start in range(0, waveform.shape[-1], self.chunk_samples):
+            features = self.speaker.frame_features(self.logmel(waveform[start:start + self.chunk_samples])[None])
+            total = total + features.sum(-1)
+            count += features.shape[-1]
+        return self.to_slots(self.speaker.head(total / count))
 
     def weights(self, f_s: torch.Tensor) -> torch.Tensor:
         """Per-sample slot weights w_s (B, slots); never averaged over the batch."""
