@@ -1,0 +1,269 @@
+"""The operators: generate a take (modal in the interface, synchronous in background mode), cancel,
+and remove a take."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, StringProperty
+
+from . import compat, models, settings, takes
+from .worker_client import WorkerError, shared_worker
+
+MIN_FPS, MAX_FPS = 23.976, 120.0
+
+
+class GenerationError(Exception):
+    """A problem with the request that the user can fix; nothing in the scene was changed."""
+
+
+@dataclass
+class Job:
+    scene_name: str
+    object_name: str
+    take: str
+    mode: str
+    start: int
+    audio_path: str
+    add_sound_strip: bool
+    pc2_target: Path | None
+    vertex_count: int
+    job_dir: Path
+    request: dict[str, Any]
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+
+
+def _option(operator, scene_settings, name: str):
+    return getattr(operator, name) if operator.properties.is_property_set(name) else getattr(scene_settings, name)
+
+
+def _existing_file(path: str, what: str) -> str:
+    absolute = bpy.path.abspath(path) if path else ""
+    if not absolute:
+        raise GenerationError(f"no {what} is set; choose a file in the MemoryTalker panel")
+    if not Path(absolute).is_file():
+        raise GenerationError(f"the {what} {absolute} does not exist")
+    return absolute
+
+
+def prepare_job(context, operator) -> Job:
+    """Checks everything that can be checked before running the model."""
+    scene = context.scene
+    options = scene.memorytalker
+    opt = lambda name: _option(operator, options, name)  # noqa: E731
+    obj = bpy.data.objects.get(operator.object_name) if operator.object_name else context.active_object
+    if obj is None:
+        raise GenerationError(f"there is no object named {operator.object_name!r}" if operator.object_name
+                              else "no target: select the head mesh to animate")
+    if obj.type != 'MESH':
+        raise GenerationError(f"'{obj.name}' is a {obj.type.lower()}, not a mesh; select the head mesh to animate")
+    if obj.mode != 'OBJECT':
+        raise GenerationError(f"'{obj.name}' is in {obj.mode.replace('_', ' ').lower()} mode; switch to Object Mode first")
+    try:
+        folder = models.resolve_model_folder(opt("model_source"), bpy.path.abspath(opt("model_folder")))
+        expected = models.model_vertex_count(folder)
+    except models.ModelFolderError as error:
+        raise GenerationError(str(error)) from None
+    count = len(obj.data.vertices)
+    if count != expected:
+        raise GenerationError(f"'{obj.name}' has {count} vertices but the model animates {expected} "
+                              "(FLAME topology); select a head mesh with the model's topology")
+    start = opt("start_frame")
+    add_sound = opt("add_sound_strip")
+    if opt("audio_source") == 'STRIP':
+        strip_name = opt("sound_strip")
+        strip = next((s for s in compat.all_strips(scene) if s.name == strip_name), None)
+        if strip is None or strip.type != 'SOUND':
+            raise GenerationError(f"the sequencer has no sound strip named {strip_name!r}")
+        audio = _existing_file(bpy.path.abspath(strip.sound.filepath, library=strip.sound.library),
+                               f"audio of the strip '{strip_name}',")
+        start = int(strip.frame_start)
+        add_sound = False  # the sound is already in the sequencer, at the frame the motion starts
+    else:
+        audio = _existing_file(opt("audio_path"), "audio file")
+    style_audio = opt("style_audio")
+    style_audio = _existing_file(style_audio, "style reference audio") if style_audio else None
+    fps = scene.render.fps / scene.render.fps_base
+    if not MIN_FPS - 1e-3 <= fps <= MAX_FPS:
+        raise GenerationError(f"the scene runs at {fps:g} fps; MemoryTalker writes {MIN_FPS}-{MAX_FPS:g} fps")
+    mode = settings.MODE_TO_WORKER[opt("mode")]
+    take = operator.take or takes.take_name_for(audio)
+    pc2_target = None
+    if mode == "pc2":
+        base = Path(bpy.path.abspath("//")) if bpy.data.filepath else Path(tempfile.gettempdir()) / "memorytalker"
+        pc2_target = base / (bpy.path.clean_name(f"{obj.name}_{take}") + ".pc2")
+    job_dir = Path(tempfile.mkdtemp(prefix="memorytalker-"))
+    np.save(job_dir / "mesh.npy", takes.rest_positions(obj))
+    request = {"op": "generate", "job_dir": str(job_dir), "model": str(folder), "device": opt("device").lower(),
+               "audio": audio, "style_audio": style_audio, "style_strength": opt("style_strength"),
+               "fps": fps, "mode": mode, "tolerance": opt("tolerance_mm") * 1e-3,
+               "pc2_path": str(job_dir / "motion.pc2")}
+    return Job(scene.name, obj.name, take, mode, start, audio, add_sound, pc2_target, count, job_dir, request)
+
+
+def write_job(job: Job, result: dict[str, Any], mute_other_takes: bool = True) -> tuple[str, list[str]]:
+    """Writes the worker's result as a take; returns (summary, warnings)."""
+    scene = bpy.data.scenes.get(job.scene_name)
+    obj = bpy.data.objects.get(job.object_name)
+    if scene is None or obj is None or obj.type != 'MESH' or len(obj.data.vertices) != job.vertex_count:
+        raise GenerationError(f"'{job.object_name}' changed or was removed while the model ran; nothing was written")
+    warnings = takes.TakeWriter(scene, obj, job.take, mute_other_takes).write(job.mode, job.start, job.job_dir, result, job.audio_path,
+                                                            job.add_sound_strip, job.pc2_target)
+    if result.get("silent"):
+        warnings.append("the audio is silent: the take holds a neutral face")
+    detail = {"shapekeys": f"{result['keys']} shape keys, largest error {result['max_error'] * 1000:.3f} mm",
+              "exact": f"{result['keys']} per-frame shape keys", "pc2": f"mesh cache {job.pc2_target}"}[job.mode]
+    return f"Take '{job.take}' on '{obj.name}': {result['frames']} frames from frame {job.start}, {detail}", warnings
+
+
+def _worker(context):
+    prefs = settings.preferences(context)
+    return shared_worker(bpy.path.abspath(prefs.python_path) if prefs and prefs.python_path else None)
+
+
+class MEMORYTALKER_OT_generate(settings.GenerateOptions, bpy.types.Operator):
+    """Animate the head from the audio: runs the model and writes the result as a new take"""
+
+    bl_idname = "memorytalker.generate"
+    bl_label = "Generate lip-sync"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    object_name: StringProperty(name="Object", description="Target mesh (default: the active object)")
+    take: StringProperty(name="Take", description="Take name (default: the audio file's name)")
+    mute_other_takes: BoolProperty(name="Mute other takes", default=True,
+                                   description="Mute the object's earlier takes so the new one plays alone")
+
+    _timer = None
+    _job: Job | None = None
+
+    def execute(self, context):
+        try:
+            job = prepare_job(context, self)
+        except GenerationError as error:
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
+        try:
+            result = _worker(context).run(job.request, self._print_progress if bpy.app.background else None)
+            return self._finish(job, result)
+        except (WorkerError, GenerationError) as error:
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
+        finally:
+            job.cleanup()
+
+    @staticmethod
+    def _print_progress(event) -> None:
+        print(f"MemoryTalker: {event.get('status', '')} ({100 * event.get('fraction', 0):.0f}%)", flush=True)
+
+    def _finish(self, job: Job, result) -> set[str]:
+        summary, warnings = write_job(job, result, self.mute_other_takes)
+        for warning in warnings:
+            self.report({'WARNING'}, warning)
+        self.report({'INFO'}, summary)
+        return {'FINISHED'}
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        wm = context.window_manager
+        if wm.memorytalker_running:
+            self.report({'WARNING'}, "a generation is already running; wait for it or press Esc")
+            return {'CANCELLED'}
+        try:
+            self._job = prepare_job(context, self)
+            _worker(context).submit(self._job.request)
+        except (GenerationError, WorkerError) as error:
+            if self._job is not None:
+                self._job.cleanup()
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
+        wm.memorytalker_running, wm.memorytalker_cancel = True, False
+        wm.memorytalker_progress, wm.memorytalker_status = 0.0, "Starting the worker"
+        self._started = time.monotonic()
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.progress_begin(0, 100)
+        wm.modal_handler_add(self)
+        return {'RUNNING_MODAL'}
+
+    def modal(self, context, event):
+        wm = context.window_manager
+        if event.type == 'ESC' or wm.memorytalker_cancel:
+            _worker(context).stop()
+            self._end(context)
+            self._job.cleanup()
+            self.report({'WARNING'}, "Generation cancelled; the scene was not changed")
+            return {'CANCELLED'}
+        if event.type != 'TIMER':
+            return {'PASS_THROUGH'}
+        for message in _worker(context).poll():
+            kind = message.get("event")
+            if kind == "progress":
+                wm.memorytalker_progress = message.get("fraction", 0.0)
+                wm.memorytalker_status = message.get("status", "")
+                wm.progress_update(int(100 * wm.memorytalker_progress))
+            elif kind in ("done", "error"):
+                job = self._job
+                self._end(context)
+                try:
+                    if kind == "error":
+                        raise WorkerError(message["message"])
+                    return self._finish(job, message)
+                except (WorkerError, GenerationError) as error:
+                    self.report({'ERROR'}, str(error))
+                    return {'CANCELLED'}
+                finally:
+                    job.cleanup()
+        for area in context.screen.areas if context.screen else []:
+            if area.type == 'VIEW_3D':
+                area.tag_redraw()
+        return {'PASS_THROUGH'}
+
+    def _end(self, context) -> None:
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        wm.memorytalker_running, wm.memorytalker_cancel = False, False
+        wm.memorytalker_status = ""
+
+
+class MEMORYTALKER_OT_cancel(bpy.types.Operator):
+    """Stop the running generation (the scene stays as it was)"""
+
+    bl_idname = "memorytalker.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        context.window_manager.memorytalker_cancel = True
+        return {'FINISHED'}
+
+
+class MEMORYTALKER_OT_remove_take(bpy.types.Operator):
+    """Remove this take: its shape keys, action, NLA track, sound strip and cache"""
+
+    bl_idname = "memorytalker.remove_take"
+    bl_label = "Remove take"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    object_name: StringProperty()
+    take: StringProperty()
+
+    def execute(self, context):
+        obj = bpy.data.objects.get(self.object_name)
+        if obj is None or self.take not in takes.records(obj):
+            self.report({'ERROR'}, f"no take named {self.take!r} on {self.object_name!r}")
+            return {'CANCELLED'}
+        takes.remove_take(context.scene, obj, self.take)
+        return {'FINISHED'}
+
+
+CLASSES = (MEMORYTALKER_OT_generate, MEMORYTALKER_OT_cancel, MEMORYTALKER_OT_remove_take)

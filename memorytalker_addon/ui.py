@@ -1,0 +1,88 @@
+"""The sidebar panel (View3D > Sidebar > MemoryTalker)."""
+from __future__ import annotations
+
+import bpy
+
+from . import compat, takes
+
+
+class MEMORYTALKER_PT_panel(bpy.types.Panel):
+    bl_label = "MemoryTalker"
+    bl_idname = "MEMORYTALKER_PT_panel"
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "MemoryTalker"
+
+    def draw(self, context):
+        layout = self.layout
+        options = context.scene.memorytalker
+        wm = context.window_manager
+
+        box = layout.box()
+        box.prop(options, "audio_source", expand=True)
+        if options.audio_source == 'FILE':
+            box.prop(options, "audio_path", text="")
+        elif context.scene.sequence_editor is not None:
+            box.prop_search(options, "sound_strip", context.scene.sequence_editor, compat.ALL_STRIPS_PROPERTY, text="")
+        else:
+            box.label(text="The sequencer has no strips", icon='INFO')
+
+        obj = context.active_object
+        box = layout.box()
+        box.label(text=f"Target: {obj.name}" if obj else "Target: select the head mesh",
+                  icon='OUTLINER_OB_MESH' if obj is not None and obj.type == 'MESH' else 'ERROR')
+        box.prop(options, "model_source", text="")
+        if options.model_source == 'FOLDER':
+            box.prop(options, "model_folder", text="")
+        box.prop(options, "device")
+
+        box = layout.box()
+        box.prop(options, "style_strength")
+        box.prop(options, "style_audio")
+
+        box = layout.box()
+        box.prop(options, "mode", text="")
+        if options.mode == 'SHAPEKEYS':
+            box.prop(options, "tolerance_mm")
+        row = box.row()
+        row.enabled = options.audio_source == 'FILE'
+        row.prop(options, "start_frame")
+        row.prop(options, "add_sound_strip", text="Sound")
+
+        if wm.memorytalker_running:
+            layout.progress(factor=wm.memorytalker_progress, type='BAR', text=wm.memorytalker_status or "Working")
+            layout.operator("memorytalker.cancel", icon='CANCEL', text="Cancel (Esc)")
+        else:
+            layout.operator("memorytalker.generate", icon='PLAY_SOUND')
+
+        if obj is not None:
+            self.draw_takes(layout, obj)
+
+    @staticmethod
+    def draw_takes(layout, obj) -> None:
+        obj_takes = takes.records(obj)
+        if not obj_takes:
+            return
+        box = layout.box()
+        box.label(text="Takes")
+        key = obj.data.shape_keys if obj.type == 'MESH' else None
+        tracks = key.animation_data.nla_tracks if key is not None and key.animation_data else None
+        for name, record in obj_takes.items():
+            row = box.row(align=True)
+            track = tracks.get(record.get("track", "")) if tracks is not None else None
+            modifier = obj.modifiers.get(record.get("modifier", ""))
+            if track is not None:
+                row.prop(track, "mute", text="", icon='HIDE_ON' if track.mute else 'HIDE_OFF', emboss=False)
+            elif modifier is not None:
+                row.prop(modifier, "show_viewport", text="", emboss=False)
+            row.label(text=name)
+            action = bpy.data.actions.get(record.get("action", ""))
+            if action is not None:
+                row.prop(action, "memorytalker_intensity", text="")
+            elif modifier is not None:
+                row.prop(modifier, "factor", text="")
+            remove = row.operator("memorytalker.remove_take", text="", icon='X')
+            remove.object_name, remove.take = obj.name, name
+
+
+CLASSES = (MEMORYTALKER_PT_panel,)

@@ -1,0 +1,119 @@
+"""The inference worker: a separate Python process that keeps a model loaded between generations.
+
+Blender starts it with `python worker_main.py` (its own Python, or the interpreter named in the
+preferences) and talks to it in JSON lines: one request per line on stdin; progress events and one
+final `done` or `error` event per request on stdout. Bulk data goes through files in the job's
+folder. Libraries that print are sent to stderr, so stdout carries the protocol only. This file
+must not import bpy or the add-on package: it runs outside Blender.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Session:
+    """The worker's state: the model last used, kept loaded for the next request."""
+
+    def __init__(self) -> None:
+        self.model_key: tuple[str, str] | None = None
+        self.animator = None
+
+    def animator_for(self, folder: str, device: str, emit: Emit):
+        from model_core import Animator
+
+        key = (str(Path(folder).resolve()), device)
+        if key != self.model_key:
+            emit({"event": "progress", "fraction": 0.0, "status": "Loading the model"})
+            self.animator, self.model_key = None, None  # free the old model before loading the next
+            self.animator = Animator.from_folder(folder, device)
+            self.model_key = key
+        return self.animator
+
+    def generate(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        import numpy as np
+
+        from model_core.encoding import mesh_alignment, shape_basis, to_mesh_frame
+        from model_core.errors import MemoryTalkerError
+        from model_core.motion_io import MotionWriter
+
+        job = Path(request["job_dir"])
+        animator = self.animator_for(request["model"], request.get("device", "auto"), emit)
+        mesh = np.load(job / "mesh.npy")
+        expected = animator.model.config.num_vertices
+        if len(mesh) != expected:
+            raise MemoryTalkerError(f"the mesh has {len(mesh)} vertices but the model animates {expected}; "
+                                    "pick a mesh with the model's topology")
+        emit({"event": "progress", "fraction": 0.02, "status": "Reading the audio"})
+        waveform = animator.load(request["audio"])
+        reference = animator.load(request["style_audio"]) if request.get("style_audio") else None
+        emit({"event": "progress", "fraction": 0.05, "status": "Estimating the speaking style"})
+        total, blocks = animator.stream(waveform, request["fps"], request.get("style_strength", 1.0), reference)
+        parts, done = [], 0
+        for block in blocks:
+            parts.append(block)
+            done += len(block)
+            emit({"event": "progress", "fraction": 0.05 + 0.8 * done / total,
+                  "status": f"Animating: {done} of {total} frames"})
+        template = animator.model.template.cpu().numpy()
+        displacements = to_mesh_frame(np.concatenate(parts), mesh_alignment(template, mesh))
+        result: dict[str, Any] = {"frames": int(total), "duration_s": waveform.duration, "silent": waveform.silent}
+        mode = request["mode"]
+        if mode == "shapekeys":
+            emit({"event": "progress", "fraction": 0.87, "status": "Fitting editable shape keys"})
+            basis = shape_basis(displacements, request.get("tolerance", 1e-4))
+            np.save(job / "shapes.npy", basis.shapes)
+            np.save(job / "weights.npy", basis.weights)
+            result.update(keys=int(len(basis.shapes)), max_error=basis.max_error)
+        elif mode == "exact":
+            np.save(job / "displacements.npy", displacements)
+            result.update(keys=int(total), max_error=0.0)
+        elif mode == "pc2":
+            with MotionWriter(request["pc2_path"], total, len(mesh), request["fps"], mesh) as writer:
+                writer.write(displacements)
+            result.update(keys=0, max_error=0.0)
+        else:
+            raise MemoryTalkerError(f"unknown output mode {mode!r}")
+        return result
+
+
+def serve(requests, protocol) -> None:
+    def emit(event: dict[str, Any]) -> None:
+        protocol.write(json.dumps(event) + "\n")
+        protocol.flush()
+
+    session = Session()
+    emit({"event": "ready", "pid": os.getpid()})
+    for line in requests:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        if request.get("op") == "quit":
+            break
+        try:
+            from model_core.errors import MemoryTalkerError
+
+            try:
+                emit({"event": "done", **session.generate(request, emit)})
+            except MemoryTalkerError as error:
+                emit({"event": "error", "message": str(error)})
+        except Exception as error:  # an unexpected failure is reported, the worker stays usable
+            traceback.print_exc()
+            emit({"event": "error", "message": f"{type(error).__name__}: {error}"})
+
+
+def main() -> None:
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from libraries go to the log
+    sys.stdout = sys.stderr
+    serve(sys.stdin, protocol)
+
+
+if __name__ == "__main__":
+    main()

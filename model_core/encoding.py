@@ -1,0 +1,109 @@
+"""Motion -> what Blender stores: displacements carried into the target mesh's frame, and a compact
+shape-key basis with per-frame weights.
+
+The basis is the smallest truncated SVD of the (frames x 3V) displacement matrix whose largest
+per-vertex reconstruction error stays under a tolerance. A randomised range finder (power
+iterations) gives it in a fraction of a second for a minute of motion, where a full SVD of the same
+matrix takes about ten seconds; the rank grows until the tolerance holds, so the bound is exact
+whatever the spectrum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_TOLERANCE = 1e-4  # 0.1 mm in FLAME's metre units
+
+
+@dataclass
+class ShapeBasis:
+    shapes: np.ndarray  # (keys, vertices, 3): each key's displacement at weight 1
+    weights: np.ndarray  # (frames, keys): in [-1, 1]; each key reaches +-1 on some frame
+    max_error: float  # largest per-vertex distance between the reconstruction and the motion
+
+    def reconstruct(self) -> np.ndarray:
+        return np.einsum("fk,kvc->fvc", self.weights, self.shapes)
+
+
+def mesh_alignment(template: np.ndarray, mesh: np.ndarray) -> np.ndarray:
+    """3x3 matrix (rotation x uniform scale) carrying motion from the model's frame into the mesh's.
+
+    A FLAME head imported into Blender is often turned Y-up -> Z-up or scaled (metres to
+    centimetres); the least-squares similarity between the model's neutral template and the
+    target's rest shape finds that. A model without a template (all zeros) or an exact match gives
+    the identity.
+    """
+    template = np.asarray(template, np.float64)
+    mesh = np.asarray(mesh, np.float64)
+    a = template - template.mean(0)
+    b = mesh - mesh.mean(0)
+    spread = float((a ** 2).sum())
+    if spread == 0.0:
+        return np.eye(3, dtype=np.float32)
+    u, s, vt = np.linalg.svd(b.T @ a)
+    reflection = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ reflection @ vt
+    scale = float((s * np.diag(reflection)).sum() / spread)
+    linear = scale * rotation
+    if np.allclose(linear, np.eye(3), atol=1e-6):
+        return np.eye(3, dtype=np.float32)
+    return linear.astype(np.float32)
+
+
+def to_mesh_frame(displacements: np.ndarray, alignment: np.ndarray) -> np.ndarray:
+    if np.array_equal(alignment, np.eye(3, dtype=alignment.dtype)):
+        return np.asarray(displacements, np.float32)
+    return (np.asarray(displacements, np.float32) @ alignment.T).astype(np.float32)
+
+
+def _max_vertex_error(matrix: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                      give_up_above: float = float("inf"), block: int = 64) -> float:
+    """Largest per-vertex residual norm of matrix - left @ right, computed in cache-sized blocks of
+    frames; stops early (returning the first value over `give_up_above`) when only a verdict is needed."""
+    worst = 0.0
+    for start in range(0, matrix.shape[0], block):
+        residual = matrix[start:start + block] - left[start:start + block] @ right
+        if residual.numel():
+            worst = max(worst, float(residual.view(residual.shape[0], -1, 3).norm(dim=-1).max()))
+        if worst > give_up_above:
+            break
+    return worst
+
+
+def shape_basis(displacements: np.ndarray, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> ShapeBasis:
+    """The fewest shape keys that reproduce `displacements` (frames, V, 3) within `tolerance`."""
+    if tolerance <= 0:
+        raise ValueError(f"the tolerance must be positive, got {tolerance}")
+    frames, vertices, _ = displacements.shape
+    matrix = torch.from_numpy(np.ascontiguousarray(displacements, np.float32).reshape(frames, 3 * vertices))
+    full_rank = min(matrix.shape)
+    still_error = _max_vertex_error(matrix, matrix[:, :0], matrix[:0])
+    if still_error <= tolerance:  # no motion worth a key (e.g. silence)
+        return ShapeBasis(np.zeros((0, vertices, 3), np.float32), np.zeros((frames, 0), np.float32), still_error)
+    rank = min(32, full_rank)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        while True:
+            # Oversampling keeps the leading `rank` singular vectors accurate.
+            q = min(full_rank, rank + 16)
+            u, s, v = torch.svd_lowrank(matrix, q=q, niter=3)
+            left, right = u * s, v.T
+            if q == full_rank or _max_vertex_error(matrix, left, right, tolerance) <= tolerance:
+                break
+            rank *= 2
+    # Smallest rank within tolerance (the error does not grow with the rank).
+    low, high = 1, q
+    while low < high:
+        middle = (low + high) // 2
+        if _max_vertex_error(matrix, left[:, :middle], right[:middle], tolerance) <= tolerance:
+            high = middle
+        else:
+            low = middle + 1
+    left, right = left[:, :low], right[:low]
+    # Scale each key so its weight peaks at +-1: sliders in [-1, 1], shapes at full amplitude.
+    peak = left.abs().amax(0).clamp_min(1e-20)
+    weights, shapes = left / peak, right * peak[:, None]
+    error = _max_vertex_error(matrix, weights, shapes)
+    return ShapeBasis(shapes.reshape(low, vertices, 3).numpy(), weights.contiguous().numpy(), error)

@@ -1,0 +1,338 @@
+"""The Blender extension in real Blender (the bpy module): a tiny model on a 5023-vertex mesh."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+bpy = pytest.importorskip("bpy")
+
+from model_core import Animator, load_model, save_model  # noqa: E402
+from model_core.motion_io import read_pc2  # noqa: E402
+from tests.conftest import speech_like, tiny_model  # noqa: E402
+
+FLAME_VERTICES = 5023
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def addon():
+    import memorytalker_addon
+
+    memorytalker_addon.register()
+    yield memorytalker_addon
+    memorytalker_addon.unregister()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    save_model(tiny_model(seed=3, num_vertices=FLAME_VERTICES), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "hello_world.wav"
+    sf.write(path, speech_like(1.5, 44100, seed=5)[0], 44100)
+    return path
+
+
+def head_vertices(count: int = FLAME_VERTICES) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(count, 3))
+    return (0.1 * points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def scene(addon, tmp_path):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    scene.frame_start, scene.frame_end = 1, 10
+    mesh = bpy.data.meshes.new("Head")
+    mesh.from_pydata(head_vertices().tolist(), [], [])
+    obj = bpy.data.objects.new("Head", mesh)
+    scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    return scene
+
+
+def generate(model_dir, audio, **options):
+    options.setdefault("model_source", 'FOLDER')
+    options.setdefault("model_folder", str(model_dir))
+    options.setdefault("audio_path", str(audio))
+    options.setdefault("device", 'CPU')
+    return bpy.ops.memorytalker.generate('EXEC_DEFAULT', **options)
+
+
+def evaluated_positions(obj, frame: int) -> np.ndarray:
+    bpy.context.scene.frame_set(frame)
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    co = np.empty(len(evaluated.data.vertices) * 3, np.float32)
+    evaluated.data.vertices.foreach_get("co", co)
+    return co.reshape(-1, 3)
+
+
+def model_motion(model_dir, audio, fps) -> np.ndarray:
+    return Animator(load_model(model_dir), "cpu").animate(audio, fps=fps).displacements
+
+
+def max_vertex_error(obj, motion: np.ndarray, start: int, scale: float = 1.0) -> float:
+    rest = head_vertices()
+    return max(float(np.linalg.norm(evaluated_positions(obj, start + f) - rest - scale * motion[f], axis=1).max())
+               for f in range(len(motion)))
+
+
+def scene_snapshot(scene, obj) -> dict:
+    key = obj.data.shape_keys
+    return {"keys": [b.name for b in key.key_blocks] if key else [], "actions": sorted(a.name for a in bpy.data.actions),
+            "modifiers": [m.name for m in obj.modifiers], "range": (scene.frame_start, scene.frame_end),
+            "strips": len(scene.sequence_editor.strips_all) if scene.sequence_editor else 0,
+            "props": sorted(obj.keys())}
+
+
+def test_registration_imports_neither_torch_nor_transformers():
+    code = ("import sys, bpy, memorytalker_addon as a; a.register(); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules); a.unregister()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out[-2:] == ["False", "False"]
+
+
+def test_unregister_leaves_nothing_behind():
+    import memorytalker_addon
+
+    memorytalker_addon.register()
+    assert hasattr(bpy.types.Scene, "memorytalker") and hasattr(bpy.types, "MEMORYTALKER_PT_panel")
+    memorytalker_addon.unregister()
+    assert not hasattr(bpy.types.Scene, "memorytalker")
+    assert not hasattr(bpy.types.Action, "memorytalker_intensity")
+    assert not any(hasattr(bpy.types.WindowManager, n) for n in ("memorytalker_progress", "memorytalker_running"))
+    assert not any(name.startswith("MEMORYTALKER_") for name in dir(bpy.types))
+    with pytest.raises(KeyError):
+        bpy.ops.memorytalker.generate.get_rna_type()
+
+
+def test_generate_creates_a_take_that_reproduces_the_model(scene, model_dir, speech):
+    obj = bpy.data.objects["Head"]
+    assert generate(model_dir, speech, start_frame=5) == {'FINISHED'}
+    motion = model_motion(model_dir, speech, 24)
+    assert len(motion) == 36  # 1.5 s at 24 fps
+    key = obj.data.shape_keys
+    ours = [b for b in key.key_blocks if b.name.startswith("hello_world.")]
+    assert key.key_blocks[0].name == "Basis" and 0 < len(ours) <= 36
+    assert bpy.data.actions.get("MT hello_world") is not None
+    track = key.animation_data.nla_tracks["MT hello_world"]
+    assert track.strips[0].action.name == "MT hello_world" and track.strips[0].frame_start == 4  # one neutral frame before the clip
+    strip = scene.sequence_editor.strips_all["hello_world"]
+    assert strip.frame_start == 5 and strip.type == 'SOUND'
+    assert (scene.frame_start, scene.frame_end) == (1, 5 + 36 - 1)
+    assert max_vertex_error(obj, motion, 5) <= TOLERANCE * 1.01
+    assert np.allclose(evaluated_positions(obj, 4), head_vertices())  # neutral before the clip
+
+
+@pytest.mark.parametrize("fps,fps_base", [(25, 1.0), (30000, 1001.0), (60, 1.0)])
+def test_motion_follows_the_scene_frame_rate(scene, model_dir, speech, fps, fps_base):
+    scene.render.fps, scene.render.fps_base = fps, fps_base
+    assert generate(model_dir, speech, mode='EXACT') == {'FINISHED'}
+    motion = model_motion(model_dir, speech, fps / fps_base)
+    assert len(motion) == round(1.5 * fps / fps_base)
+    obj = bpy.data.objects["Head"]
+    assert len(obj.data.shape_keys.key_blocks) == 1 + len(motion)
+    assert max_vertex_error(obj, motion, 1) < 1e-6  # exact keys: the model output bit for bit (float32 sums)
+
+
+def test_user_shape_keys_and_animation_are_untouched(scene, model_dir, speech):
+    obj = bpy.data.objects["Head"]
+    obj.shape_key_add(name="Basis", from_mix=False)
+    smile = obj.shape_key_add(name="Smile", from_mix=False)
+    smile_co = head_vertices() + 0.01
+    smile.data.foreach_set("co", smile_co.ravel())
+    smile.value = 0.3
+    smile.keyframe_insert("value", frame=1)
+    smile.value = 0.8
+    smile.keyframe_insert("value", frame=20)
+    obj.location = (1, 2, 3)
+    obj.keyframe_insert("location", frame=1)
+    user_key_action = obj.data.shape_keys.animation_data.action
+    user_object_action = obj.animation_data.action
+    assert generate(model_dir, speech) == {'FINISHED'}
+    assert generate(model_dir, speech) == {'FINISHED'}  # regenerate too
+    co = np.empty(FLAME_VERTICES * 3, np.float32)
+    obj.data.shape_keys.key_blocks["Smile"].data.foreach_get("co", co)
+    assert np.array_equal(co.reshape(-1, 3), smile_co)
+    assert obj.data.shape_keys.animation_data.action == user_key_action
+    assert obj.animation_data.action == user_object_action
+    bpy.context.scene.frame_set(20)
+    assert obj.data.shape_keys.key_blocks["Smile"].value == pytest.approx(0.8)
+    assert tuple(obj.location) == (1, 2, 3)
+
+
+def test_regenerate_replaces_only_that_take(scene, model_dir, speech, tmp_path):
+    other = tmp_path / "second_line.wav"
+    sf.write(other, speech_like(1.0, 16000, seed=9)[0], 16000)
+    obj = bpy.data.objects["Head"]
+    generate(model_dir, speech)
+    generate(model_dir, other)
+    first = scene_snapshot(scene, obj)
+    generate(model_dir, speech, style_strength=0.5)
+    again = scene_snapshot(scene, obj)
+    assert sorted(again["keys"]) != [] and again["actions"] == first["actions"] == ["MT hello_world", "MT second_line"]
+    assert all(re.fullmatch(r"Basis|(hello_world|second_line)\.\d{3}", name) for name in again["keys"])
+    assert sum(name.startswith("second_line.") for name in again["keys"]) == \
+        sum(name.startswith("second_line.") for name in first["keys"])
+    assert again["strips"] == 2
+    tracks = obj.data.shape_keys.animation_data.nla_tracks
+    assert sorted(t.name for t in tracks) == ["MT hello_world", "MT second_line"]
+    assert tracks["MT second_line"].mute and not tracks["MT hello_world"].mute
+    assert max_vertex_error(obj, model_motion_strength(model_dir, speech, 0.5), 1) <= TOLERANCE * 1.01
+
+
+def model_motion_strength(model_dir, audio, strength):
+    return Animator(load_model(model_dir), "cpu").animate(audio, fps=24, style_strength=strength).displacements
+
+
+def test_one_undo_step_removes_the_whole_generation(scene, model_dir, speech):
+    obj = bpy.data.objects["Head"]
+    before = scene_snapshot(scene, obj)
+    bpy.ops.ed.undo_push(message="before")
+    generate(model_dir, speech)
+    # What the interface does after an operator with the UNDO flag finishes (a script call in
+    # background mode does not push); the generation itself pushes nothing in between.
+    bpy.ops.ed.undo_push(message="Generate lip-sync")
+    assert scene_snapshot(bpy.context.scene, bpy.data.objects["Head"]) != before
+    bpy.ops.ed.undo()
+    assert scene_snapshot(bpy.context.scene, bpy.data.objects["Head"]) == before
+
+
+def test_bad_targets_leave_the_scene_untouched(scene, model_dir, speech):
+    small = bpy.data.objects.new("Cube", bpy.data.meshes.new("Cube"))
+    small.data.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    scene.collection.objects.link(small)
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(camera)
+    before = [scene_snapshot(scene, o) for o in (small, bpy.data.objects["Head"])]
+    with pytest.raises(RuntimeError, match="'Cube' has 3 vertices but the model animates 5023"):
+        generate(model_dir, speech, object_name="Cube")
+    with pytest.raises(RuntimeError, match="'Camera' is a camera, not a mesh"):
+        generate(model_dir, speech, object_name="Camera")
+    with pytest.raises(RuntimeError, match="does not exist"):
+        generate(model_dir, speech.with_name("missing.wav"))
+    with pytest.raises(RuntimeError, match="not a MemoryTalker model folder"):
+        generate(model_dir.parent, speech)
+    assert [scene_snapshot(scene, o) for o in (small, bpy.data.objects["Head"])] == before
+
+
+def test_a_failure_while_writing_rolls_back(scene, model_dir, speech, monkeypatch):
+    from memorytalker_addon import takes
+
+    obj = bpy.data.objects["Head"]
+    before = scene_snapshot(scene, obj)
+
+    def broken(self, *args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(takes.TakeWriter, "_sound_strip", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(model_dir, speech)
+    assert scene_snapshot(scene, obj) == before and obj.data.shape_keys is None
+
+
+def test_worker_cancel_and_crash(model_dir, speech, tmp_path):
+    from memorytalker_addon.worker_client import Worker, WorkerError
+
+    worker = Worker()
+    (tmp_path / "job").mkdir()
+    np.save(tmp_path / "job" / "mesh.npy", head_vertices())
+    request = {"op": "generate", "job_dir": str(tmp_path / "job"), "model": str(model_dir), "device": "cpu",
+               "audio": str(speech), "fps": 30, "mode": "exact"}
+    worker.submit(request)
+    worker.stop()  # cancel: the process ends at once, nothing comes back
+    assert not worker.alive
+    result = worker.run(request)  # the next generation starts a fresh worker
+    assert result["frames"] == 45 and (tmp_path / "job" / "displacements.npy").exists()
+    assert worker.run(request)["frames"] == 45  # and it stays alive with the model loaded
+    worker.stop()
+    with pytest.raises(WorkerError, match="no config.json|not a MemoryTalker|config.json"):
+        Worker().run({**request, "model": str(tmp_path)})
+    crashing = Worker(python="/bin/false")
+    with pytest.raises(WorkerError, match="stopped \\(exit code 1\\)"):
+        crashing.run(request)
+
+
+def test_intensity_scales_the_take(scene, model_dir, speech):
+    obj = bpy.data.objects["Head"]
+    generate(model_dir, speech)
+    motion = model_motion(model_dir, speech, 24)
+    action = bpy.data.actions["MT hello_world"]
+    action.memorytalker_intensity = 0.5
+    assert max_vertex_error(obj, motion, 1, scale=0.5) <= TOLERANCE
+    action.memorytalker_intensity = 1.5
+    assert max_vertex_error(obj, motion, 1, scale=1.5) <= 1.5 * TOLERANCE * 1.01
+
+
+def test_mesh_cache_mode(scene, model_dir, speech, tmp_path):
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "shot.blend"))
+    generate(model_dir, speech, mode='PC2', start_frame=3)
+    obj = bpy.data.objects["Head"]
+    modifier = obj.modifiers["MT hello_world"]
+    assert modifier.type == 'MESH_CACHE' and modifier.filepath.startswith("//")
+    cache = tmp_path / "Head_hello_world.pc2"
+    positions, _, _ = read_pc2(cache)
+    motion = model_motion(model_dir, speech, 24)
+    assert np.allclose(positions, head_vertices() + motion, atol=1e-6)
+    assert max_vertex_error(obj, motion, 3) < 1e-5
+
+
+def test_command_line_generate_and_batch(scene, model_dir, speech, tmp_path):
+    from memorytalker_addon import cli
+
+    source = tmp_path / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(source))
+    out = tmp_path / "out.blend"
+    args = ["--blend", str(source), "--out", str(out), "--model", str(model_dir), "--device", "cpu"]
+    assert cli.run(["generate", "--audio", str(speech), "--object", "Head", "--fps", "25", *args]) == 0
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    head = bpy.data.objects["Head"]
+    assert "hello_world" in json_takes(head) and bpy.context.scene.render.fps == 25
+    assert bpy.context.scene.frame_end == round(1.5 * 25)
+
+    assert cli.run(["generate", "--audio", str(speech), "--object", "Nobody", *args]) == 2
+    assert cli.run(["generate", "--audio", str(tmp_path / "missing.wav"), "--object", "Head", *args]) == 2
+
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    for index, seconds in enumerate((1.0, 0.6)):
+        sf.write(folder / f"line{index}.wav", speech_like(seconds, 16000, seed=index)[0], 16000)
+    (folder / "broken.wav").write_bytes(b"not audio")
+    assert cli.run(["batch", "--folder", str(folder), "--object", "Head", "--gap", "10", *args]) == 1
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    recorded = json_takes(bpy.data.objects["Head"])
+    assert sorted(recorded) == ["line0", "line1"]
+    assert (recorded["line0"]["start"], recorded["line1"]["start"]) == (1, 1 + 24 + 10)
+
+    bpy.ops.wm.open_mainfile(filepath=str(source))
+    editor = bpy.context.scene.sequence_editor_create()
+    for index, start in enumerate((1, 40)):
+        strip = editor.strips.new_sound(name=f"line{index}", filepath=str(folder / f"line{index}.wav"),
+                                        channel=1 + index, frame_start=start)
+        strip["memorytalker_object"] = "Head"
+    bpy.ops.wm.save_as_mainfile(filepath=str(source))
+    assert cli.run(["batch", "--strips", *args]) == 0
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    recorded = json_takes(bpy.data.objects["Head"])
+    assert {name: r["start"] for name, r in recorded.items()} == {"line0": 1, "line1": 40}
+    assert len(bpy.context.scene.sequence_editor.strips_all) == 2  # no duplicate sound strips
+
+
+def json_takes(obj) -> dict:
+    from memorytalker_addon.takes import records
+
+    return records(obj)
