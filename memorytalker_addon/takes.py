@@ -185,7 +185,9 @@ class TakeWriter:
         modifier.cache_format = 'PC2'
         modifier.filepath = bpy.path.relpath(str(final)) if bpy.data.filepath else str(final)
         modifier.frame_start = start
-        modifier.deform_mode = 'INTEGRATE'  # adds to the user's own shape keys instead of replacing them
+        # 'Integrate' carries the user's own shape keys (blinks...) along instead of replacing them;
+        # it needs faces, so a bare point cloud gets the cache positions as they are.
+        modifier.deform_mode = 'INTEGRATE' if self.obj.data.polygons else 'OVERWRITE'
         self.obj.modifiers.move(len(self.obj.modifiers) - 1, 0)  # before anything that changes topology
 
     # -- sound ----------------------------------------------------------------------------------

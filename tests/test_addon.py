@@ -13,11 +13,13 @@ import torch
 
 bpy = pytest.importorskip("bpy")
 
+from memorytalker_addon import compat  # noqa: E402
 from model_core import Animator, load_model, save_model  # noqa: E402
 from model_core.motion_io import read_pc2  # noqa: E402
 from tests.conftest import speech_like, tiny_model  # noqa: E402
 
 FLAME_VERTICES = 5023
+HAS_AUDIO = bpy.app.build_options.audaspace  # the 4.2 bpy wheel has no audio: no sound strips there
 TOLERANCE = 1e-4
 
 
@@ -94,7 +96,7 @@ def scene_snapshot(scene, obj) -> dict:
     key = obj.data.shape_keys
     return {"keys": [b.name for b in key.key_blocks] if key else [], "actions": sorted(a.name for a in bpy.data.actions),
             "modifiers": [m.name for m in obj.modifiers], "range": (scene.frame_start, scene.frame_end),
-            "strips": len(scene.sequence_editor.strips_all) if scene.sequence_editor else 0,
+            "strips": len(compat.all_strips(scene)),
             "props": sorted(obj.keys())}
 
 
@@ -131,8 +133,9 @@ def test_generate_creates_a_take_that_reproduces_the_model(scene, model_dir, spe
     assert bpy.data.actions.get("MT hello_world") is not None
     track = key.animation_data.nla_tracks["MT hello_world"]
     assert track.strips[0].action.name == "MT hello_world" and track.strips[0].frame_start == 4  # one neutral frame before the clip
-    strip = scene.sequence_editor.strips_all["hello_world"]
-    assert strip.frame_start == 5 and strip.type == 'SOUND'
+    if HAS_AUDIO:
+        strip = next(s for s in compat.all_strips(scene) if s.name == "hello_world")
+        assert strip.frame_start == 5 and strip.type == 'SOUND'
     assert (scene.frame_start, scene.frame_end) == (1, 5 + 36 - 1)
     assert max_vertex_error(obj, motion, 5) <= TOLERANCE * 1.01
     assert np.allclose(evaluated_positions(obj, 4), head_vertices())  # neutral before the clip
@@ -188,7 +191,7 @@ def test_regenerate_replaces_only_that_take(scene, model_dir, speech, tmp_path):
     assert all(re.fullmatch(r"Basis|(hello_world|second_line)\.\d{3}", name) for name in again["keys"])
     assert sum(name.startswith("second_line.") for name in again["keys"]) == \
         sum(name.startswith("second_line.") for name in first["keys"])
-    assert again["strips"] == 2
+    assert again["strips"] == (2 if HAS_AUDIO else 0)
     tracks = obj.data.shape_keys.animation_data.nla_tracks
     assert sorted(t.name for t in tracks) == ["MT hello_world", "MT second_line"]
     assert tracks["MT second_line"].mute and not tracks["MT hello_world"].mute
@@ -318,10 +321,11 @@ def test_command_line_generate_and_batch(scene, model_dir, speech, tmp_path):
     assert sorted(recorded) == ["line0", "line1"]
     assert (recorded["line0"]["start"], recorded["line1"]["start"]) == (1, 1 + 24 + 10)
 
+    if not HAS_AUDIO:
+        return
     bpy.ops.wm.open_mainfile(filepath=str(source))
-    editor = bpy.context.scene.sequence_editor_create()
     for index, start in enumerate((1, 40)):
-        strip = editor.strips.new_sound(name=f"line{index}", filepath=str(folder / f"line{index}.wav"),
+        strip = compat.sound_strip_collection(bpy.context.scene).new_sound(name=f"line{index}", filepath=str(folder / f"line{index}.wav"),
                                         channel=1 + index, frame_start=start)
         strip["memorytalker_object"] = "Head"
     bpy.ops.wm.save_as_mainfile(filepath=str(source))
@@ -329,7 +333,7 @@ def test_command_line_generate_and_batch(scene, model_dir, speech, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(out))
     recorded = json_takes(bpy.data.objects["Head"])
     assert {name: r["start"] for name, r in recorded.items()} == {"line0": 1, "line1": 40}
-    assert len(bpy.context.scene.sequence_editor.strips_all) == 2  # no duplicate sound strips
+    assert len(compat.all_strips(bpy.context.scene)) == 2  # no duplicate sound strips
 
 
 def json_takes(obj) -> dict:
