@@ -1,0 +1,138 @@
+"""Speech with phoneme timings from espeak-ng (the `espeakng-loader` wheel bundles the library
+and its data, so no system package is needed), driven through ctypes.
+
+The synthesiser runs in synchronous mode: a callback receives the samples (22.05 kHz, int16) and
+an event list; phoneme events (type 7) carry the IPA name of the phoneme and its sample position.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MemoryTalkerError
+
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+INITIALIZE_PHONEME_EVENTS = 0x0001
+INITIALIZE_PHONEME_IPA = 0x0002
+EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_END, EVENT_PHONEME = 0, 1, 5, 7
+POS_CHARACTER, CHARS_UTF8 = 1, 1
+PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE = 1, 2, 3, 4
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
+
+
+class _Voice(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+
+@dataclass
+class Utterance:
+    samples: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    phonemes: list[tuple[str, float, float]]  # (IPA phoneme, start s, end s), silence as "_"
+
+
+class ESpeak:
+    """One espeak-ng instance (the library is global: calls are serialised by a lock)."""
+
+    _lock = threading.Lock()
+    _library = None
+    _sample_rate = 0
+
+    def __init__(self) -> None:
+        with ESpeak._lock:
+            if ESpeak._library is None:
+                try:
+                    import espeakng_loader
+                except ImportError as error:
+                    raise MemoryTalkerError("speech synthesis needs the espeakng-loader package: "
+                                            "pip install espeakng-loader") from error
+                library = ctypes.cdll.LoadLibrary(espeakng_loader.get_library_path())
+                library.espeak_Initialize.restype = ctypes.c_int
+                rate = library.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0,
+                                                 espeakng_loader.get_data_path().encode(),
+                                                 INITIALIZE_PHONEME_EVENTS | INITIALIZE_PHONEME_IPA)
+                if rate <= 0:
+                    raise MemoryTalkerError("espeak-ng failed to initialise")
+                library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+                library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                                 ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+                library.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+                ESpeak._library, ESpeak._sample_rate = library, rate
+
+    @property
+    def sample_rate(self) -> int:
+        return ESpeak._sample_rate
+
+    def voices(self) -> list[str]:
+        with ESpeak._lock:
+            listing = ESpeak._library.espeak_ListVoices(None)
+            names, index = [], 0
+            while listing[index]:
+                names.append(listing[index].contents.identifier.decode())
+                index += 1
+        return names
+
+    def synthesize(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
+                   pitch_range: int = 50, volume: int = 100) -> Utterance:
+        """`rate` in words per minute (80-450), `pitch` and `pitch_range` 0-100, `volume` 0-200."""
+        chunks: list[np.ndarray] = []
+        events: list[tuple[int, int, str]] = []
+
+        def collect(wav, count, event_pointer) -> int:
+            if count > 0:
+                chunks.append(np.ctypeslib.as_array(wav, (count,)).copy())
+            index = 0
+            while event_pointer[index].type != EVENT_LIST_TERMINATED:
+                event = event_pointer[index]
+                if event.type == EVENT_PHONEME:
+                    events.append((event.type, event.sample, event.id.string.decode("utf-8", "replace")))
+                elif event.type == EVENT_END:
+                    events.append((event.type, event.sample, ""))
+                index += 1
+            return 0
+
+        callback = _CALLBACK(collect)
+        with ESpeak._lock:
+            library = ESpeak._library
+            if library.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise MemoryTalkerError(f"espeak-ng has no voice {voice!r}; see `python -m model_core synth --list-voices`")
+            for parameter, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range),
+                                     (PARAM_VOLUME, volume)):
+                library.espeak_SetParameter(parameter, int(value), 0)
+            library.espeak_SetSynthCallback(callback)
+            data = text.encode() + b"\0"
+            status = library.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+            library.espeak_Synchronize()
+        if status != 0:
+            raise MemoryTalkerError(f"espeak-ng could not synthesise {text!r} (status {status})")
+        samples = (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
+        return Utterance(samples, self.sample_rate, _phoneme_intervals(events, len(samples), self.sample_rate))
+
+
+def _phoneme_intervals(events, total: int, rate: int) -> list[tuple[str, float, float]]:
+    """Phoneme events mark starts; each phoneme lasts until the next one (or the end of audio)."""
+    starts = [(sample, name) for kind, sample, name in events if kind == EVENT_PHONEME and name]
+    intervals = []
+    if starts and starts[0][0] > 0:
+        intervals.append(("_", 0.0, starts[0][0] / rate))
+    for (sample, name), following in zip(starts, starts[1:] + [(total, None)]):
+        end = max(sample, min(following[0], total))
+        intervals.append((name.strip() or "_", sample / rate, end / rate))
+    return intervals
