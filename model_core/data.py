@@ -226,7 +226,8 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
         item = self.items[index]
         raw = np.load(item.vertices, mmap_mode="r", allow_pickle=False)
         raw = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
-        return np.ascontiguousarray(resample_motion(raw, self.info.source_fps, self.info.fps))
+        # A copy: the file is memory-mapped read-only, and torch needs a writable array.
+        return np.array(resample_motion(raw, self.info.source_fps, self.info.fps), dtype=np.float32, order="C")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]

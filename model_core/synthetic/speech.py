@@ -7,8 +7,10 @@ an event list; phoneme events (type 7) carry the IPA name of the phoneme and its
 from __future__ import annotations
 
 import ctypes
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -49,45 +51,70 @@ class Utterance:
 
 
 class ESpeak:
-    """One espeak-ng instance (the library is global: calls are serialised by a lock)."""
+    """An espeak-ng instance. Its output depends on everything the library synthesised before in
+    the same process (internal state that `espeak_Terminate` does not reset), so `fresh=True` loads
+    a private copy of the library with pristine state: the corpus writer uses one per speaker so
+    that its files do not depend on the order of work."""
 
+    _shared = None
     _lock = threading.Lock()
-    _library = None
-    _sample_rate = 0
 
-    def __init__(self) -> None:
+    def __init__(self, fresh: bool = False) -> None:
+        try:
+            import espeakng_loader
+        except ImportError as error:
+            raise MemoryTalkerError("speech synthesis needs the espeakng-loader package: "
+                                    "pip install espeakng-loader") from error
         with ESpeak._lock:
-            if ESpeak._library is None:
-                try:
-                    import espeakng_loader
-                except ImportError as error:
-                    raise MemoryTalkerError("speech synthesis needs the espeakng-loader package: "
-                                            "pip install espeakng-loader") from error
-                library = ctypes.cdll.LoadLibrary(espeakng_loader.get_library_path())
-                library.espeak_Initialize.restype = ctypes.c_int
-                rate = library.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                                 espeakng_loader.get_data_path().encode(),
-                                                 INITIALIZE_PHONEME_EVENTS | INITIALIZE_PHONEME_IPA)
-                if rate <= 0:
-                    raise MemoryTalkerError("espeak-ng failed to initialise")
-                library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-                library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                                 ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-                library.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
-                ESpeak._library, ESpeak._sample_rate = library, rate
+            if not fresh and ESpeak._shared is not None:
+                self.library, self._rate = ESpeak._shared
+                return
+            path = espeakng_loader.get_library_path()
+            if fresh:
+                self._copy = tempfile.NamedTemporaryFile(suffix=".so", prefix="espeak-ng-")
+                self._copy.write(Path(path).read_bytes())
+                self._copy.flush()
+                path = self._copy.name
+            library = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+            rate = library.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(),
+                                             INITIALIZE_PHONEME_EVENTS | INITIALIZE_PHONEME_IPA)
+            if rate <= 0:
+                raise MemoryTalkerError("espeak-ng failed to initialise")
+            library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+            library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+            library.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+            self.library, self._rate = library, rate
+            if not fresh:
+                ESpeak._shared = (library, rate)
 
     @property
     def sample_rate(self) -> int:
-        return ESpeak._sample_rate
+        return self._rate
 
     def voices(self) -> list[str]:
         with ESpeak._lock:
-            listing = ESpeak._library.espeak_ListVoices(None)
+            listing = self.library.espeak_ListVoices(None)
             names, index = [], 0
             while listing[index]:
                 names.append(listing[index].contents.identifier.decode())
                 index += 1
         return names
+
+    def check_voice(self, voice: str) -> None:
+        """Raises a clear error unless `voice` ("name" or "name+variant") exists in espeak-ng."""
+        import espeakng_loader
+
+        base, _, variant = voice.partition("+")
+        names = {v.split("/")[-1].lower() for v in self.voices()}
+        if base.lower() not in names:
+            english = sorted(n for n in names if n.startswith("en"))
+            raise MemoryTalkerError(f"unknown voice {base!r}; espeak-ng's English voices are {', '.join(english)} "
+                                    "(`python -m model_core synth --list-voices` lists all)")
+        variants = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+        if variant and not (variants / variant).is_file():
+            raise MemoryTalkerError(f"unknown voice variant {variant!r} in {voice!r}; "
+                                    f"espeak-ng has {', '.join(sorted(p.name for p in variants.iterdir())[:12])}, ...")
 
     def synthesize(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
                    pitch_range: int = 50, volume: int = 100) -> Utterance:
@@ -110,7 +137,7 @@ class ESpeak:
 
         callback = _CALLBACK(collect)
         with ESpeak._lock:
-            library = ESpeak._library
+            library = self.library
             if library.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise MemoryTalkerError(f"espeak-ng has no voice {voice!r}; see `python -m model_core synth --list-voices`")
             for parameter, value in ((PARAM_RATE, rate), (PARAM_PITCH, pitch), (PARAM_RANGE, pitch_range),

@@ -1,0 +1,147 @@
+"""`python -m model_core synth`: a talking-head corpus in the VOCASET layout, with ground truth.
+
+    OUT/wav/SpeakerNN_sentenceMM.wav          espeak-ng speech, 22.05 kHz, 16-bit
+    OUT/vertices_npy/SpeakerNN_sentenceMM.npy  (frames x 3V) at 30 fps, float32 (or float16)
+    OUT/params/SpeakerNN_sentenceMM.npy        (frames x 8) articulation parameters (ground truth)
+    OUT/templates.pkl                          speaker -> neutral head (V x 3)
+    OUT/lip_indices.txt, upper_face_indices.txt
+    OUT/dataset.json                           fps and splits (train / val / test = unseen voices)
+    OUT/speakers.json                          each speaker's voice, style and identity
+    OUT/demo_head.obj, demo_head.json          the neutral demo head and its landmarks
+    OUT/summary.json                           hours, speakers, phoneme coverage, speed
+
+Every file depends only on the seed and the arguments: the same command writes the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from ..errors import MemoryTalkerError
+from .head import DemoHead, demo_head
+from .rig import PARAMETERS, Rig
+from .sentences import sentences as make_sentences
+from .speakers import Speaker, asymmetric, make_speakers, speaker_template
+from .speech import ESpeak
+from .visemes import ENGLISH_PHONEMES, expand, trajectory
+
+FPS = 30
+MAX_SENTENCES = 99  # the loader reads two-digit sentence numbers
+
+
+def write_head(head: DemoHead, folder: Path) -> None:
+    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in head.vertices]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in head.faces]
+    (folder / "demo_head.obj").write_text("# MemoryTalker demo head (metres, y up, face towards +z)\n"
+                                          + "\n".join(lines) + "\n")
+    (folder / "demo_head.json").write_text(json.dumps({
+        "vertex_count": int(len(head.vertices)), "landmarks": head.landmarks,
+        "lip_indices": head.lip_indices.tolist(), "upper_face_indices": head.upper_face_indices.tolist(),
+        "upper_lip_slit": head.upper_lip_slit.tolist(), "lower_lip_slit": head.lower_lip_slit.tolist(),
+        "rig_parameters": list(PARAMETERS)}, indent=1) + "\n")
+
+
+_state: dict = {}
+
+
+def _prepare_state(out: Path, dtype: str, speakers: list[Speaker]) -> None:
+    head = demo_head()
+    _state.update(out=out, dtype=np.dtype(dtype), head=head, rig=Rig(head),
+                  speakers={s.name: s for s in speakers},
+                  templates={s.name: speaker_template(head, s.identity) for s in speakers})
+
+
+def speak(speaker: Speaker, text: str, espeak: ESpeak, rig: Rig, head: DemoHead, template: np.ndarray):
+    """One sentence by one speaker: (utterance with phoneme timings, parameters (T, 8), vertices (T, V, 3))."""
+    voice = speaker.voice
+    utterance = espeak.synthesize(text, voice.name, voice.rate, voice.pitch, voice.pitch_range, voice.volume)
+    frames = max(1, int(round(len(utterance.samples) / utterance.sample_rate * FPS)))
+    params = speaker.style.scale(trajectory(utterance.phonemes, frames, FPS, speaker.style.smoothness))
+    motion = asymmetric(rig.displacements(params), head, speaker.style.asymmetry)
+    return utterance, params, template[None] + motion
+
+
+def _speaker_clips(job: tuple[str, list[str]]) -> list[tuple[float, list[str]]]:
+    """All sentences of one speaker, in order, in a fresh process: espeak-ng's output depends on what
+    the process synthesised before, so this makes every file independent of the number of workers."""
+    speaker_name, texts = job
+    espeak = ESpeak(fresh=True)
+    results = []
+    for number, text in enumerate(texts, start=1):
+        utterance, params, vertices = speak(_state["speakers"][speaker_name], text, espeak, _state["rig"],
+                                            _state["head"], _state["templates"][speaker_name])
+        name = f"{speaker_name}_sentence{number:02d}"
+        out: Path = _state["out"]
+        sf.write(out / "wav" / f"{name}.wav", utterance.samples, utterance.sample_rate, subtype="PCM_16")
+        np.save(out / "vertices_npy" / f"{name}.npy", vertices.reshape(len(vertices), -1).astype(_state["dtype"]))
+        np.save(out / "params" / f"{name}.npy", params.astype(np.float32))
+        results.append((len(utterance.samples) / utterance.sample_rate, [p for p, _, _ in expand(utterance.phonemes)]))
+    return results
+
+
+def _check_folder(out: Path) -> None:
+    try:
+        for sub in ("wav", "vertices_npy", "params"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise MemoryTalkerError(f"cannot write the corpus to {out}: {error.strerror or error}; "
+                                "choose a folder you can write to") from None
+
+
+def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, seed: int = 0,
+                      dtype: str = "float32", workers: int | None = None, voices: list[str] | None = None,
+                      progress: bool = True) -> dict:
+    if speakers < 1:
+        raise MemoryTalkerError(f"--speakers must be at least 1, got {speakers}")
+    if not 1 <= sentences <= MAX_SENTENCES:
+        raise MemoryTalkerError(f"--sentences must be between 1 and {MAX_SENTENCES}, got {sentences}")
+    if dtype not in ("float32", "float16"):
+        raise MemoryTalkerError(f"--dtype must be float32 or float16, got {dtype}")
+    cast = make_speakers(speakers, seed, voices)
+    espeak = ESpeak()
+    for voice in sorted({s.voice.name for s in cast}):
+        espeak.check_voice(voice)
+    out = Path(out)
+    _check_folder(out)
+    started = time.perf_counter()
+    head = demo_head()
+    jobs = [(s.name, make_sentences(sentences, seed * 1000 + i)) for i, s in enumerate(cast)]
+    _prepare_state(out, dtype, cast)  # built once here; the forked workers inherit it
+    durations, seen = [], set()
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers or os.cpu_count() or 1, maxtasksperchild=1) as pool, \
+            tqdm(total=speakers * sentences, desc="synth", unit="clip", disable=not progress) as bar:
+        for clips in pool.imap(_speaker_clips, jobs):
+            durations += [duration for duration, _ in clips]
+            seen.update(p for _, phonemes in clips for p in phonemes)
+            bar.update(len(clips))
+    with open(out / "templates.pkl", "wb") as f:
+        pickle.dump({s.name: speaker_template(head, s.identity) for s in cast}, f, protocol=4)
+    (out / "lip_indices.txt").write_text(" ".join(map(str, head.lip_indices)) + "\n")
+    (out / "upper_face_indices.txt").write_text(" ".join(map(str, head.upper_face_indices)) + "\n")
+    write_head(head, out)
+    splits = {split: {"subjects": [s.name for s in cast if s.split == split], "sentences": list(range(1, sentences + 1))}
+              for split in ("train", "val", "test")}
+    (out / "dataset.json").write_text(json.dumps({"fps": FPS, "source_fps": FPS, "splits": splits}, indent=1) + "\n")
+    (out / "speakers.json").write_text(json.dumps([s.describe() for s in cast], indent=1) + "\n")
+    inventory = ENGLISH_PHONEMES
+    elapsed = time.perf_counter() - started
+    hours = sum(durations) / 3600
+    summary = {"hours": round(hours, 4), "clips": len(durations), "speakers": {k: len(v["subjects"]) for k, v in splits.items()},
+               "vertex_count": int(len(head.vertices)), "dtype": dtype,
+               "phoneme_coverage": f"{len(seen & inventory)}/{len(inventory)}",
+               "phonemes_missing": sorted(inventory - seen)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary.update(seconds=round(elapsed, 1), realtime_factor=round(hours * 3600 / elapsed, 1))
+    return summary

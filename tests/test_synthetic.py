@@ -1,0 +1,145 @@
+"""The synthetic corpus and the demo head: determinism, layout, articulation, styles, errors."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_core.cli import main
+from model_core.data import DatasetInfo, TalkingFaceDataset
+from model_core.errors import MemoryTalkerError
+from model_core.synthetic.corpus import speak, synthesize_corpus
+from model_core.synthetic.head import demo_head
+from model_core.synthetic.rig import Rig
+from model_core.synthetic.speakers import make_speakers, speaker_template
+from model_core.synthetic.speech import ESpeak
+from model_core.synthetic.visemes import BILABIAL, expand
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The small corpus of the acceptance list: 8 speakers x 20 sentences."""
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(out, speakers=8, sentences=20, seed=0, progress=False)
+    return out
+
+
+def test_same_seed_same_bytes(tmp_path):
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    synthesize_corpus(first, speakers=2, sentences=2, seed=7, progress=False, workers=2)
+    synthesize_corpus(second, speakers=2, sentences=2, seed=7, progress=False, workers=1)
+    synthesize_corpus(other, speakers=2, sentences=2, seed=8, progress=False)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.name != "summary.json")
+    assert len(files) > 10
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    assert (first / "wav" / "Speaker00_sentence01.wav").read_bytes() != (other / "wav" / "Speaker00_sentence01.wav").read_bytes()
+
+
+def test_the_training_loader_reads_the_corpus(corpus):
+    info = DatasetInfo.open(corpus)
+    head = demo_head()
+    assert info.fps == 30 and info.num_vertices == len(head.vertices)
+    sizes = {split: len(TalkingFaceDataset(info, split)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 120, "val": 20, "test": 20}
+    item = TalkingFaceDataset(info, "train", triplets=True)[0]
+    frames = item["vertices"].shape[0]
+    assert item["vertices"].shape[1] == 3 * len(head.vertices)
+    assert abs(frames / 30 - len(item["audio"]) / 16000) < 1 / 30  # motion and audio are aligned to the frame
+
+
+def test_unseen_voices_form_the_test_split():
+    speakers = make_speakers(16, seed=0)
+    voices = lambda split: {s.voice.name for s in speakers if s.split == split}  # noqa: E731
+    assert voices("test") and not voices("test") & (voices("train") | voices("val"))
+    bases = lambda split: {s.voice.name.split("+")[0] for s in speakers if s.split == split}  # noqa: E731
+    assert not bases("test") & bases("train")
+
+
+@pytest.fixture(scope="module")
+def articulation():
+    head = demo_head()
+    return head, Rig(head), ESpeak()
+
+
+def aperture(head, vertices) -> np.ndarray:
+    return np.linalg.norm(vertices[:, head.landmarks["upper_lip_center"]] - vertices[:, head.landmarks["lower_lip_center"]], axis=1)
+
+
+def test_lips_close_on_bilabials_and_open_on_open_vowels(articulation):
+    head, rig, espeak = articulation
+    speaker = make_speakers(4, seed=3)[0]
+    utterance, _, vertices = speak(speaker, "Bob bought a pumpkin and a big map at the market.", espeak, rig, head,
+                                   speaker_template(head, speaker.identity))
+    gap = aperture(head, vertices)
+    segments = expand(utterance.phonemes)
+    centre = lambda s, e: min(int((s + e) / 2 * 30), len(gap) - 1)  # noqa: E731
+    closed = [gap[centre(s, e)] for name, s, e in segments if name in BILABIAL]
+    opened = [gap[centre(s, e)] for name, s, e in segments if name in {"a", "ɑ", "æ"} and e - s > 0.06]
+    assert len(closed) >= 5 and len(opened) >= 3
+    assert max(closed) < 0.0015  # p, b, m: lips together (under 1.5 mm)
+    assert min(opened) > 0.006  # open vowels: over 6 mm
+
+
+def test_a_wider_jaw_style_opens_proportionally_wider(articulation):
+    head, rig, espeak = articulation
+    speaker = make_speakers(4, seed=3)[0]
+    template = speaker_template(head, speaker.identity)
+    text = "Father saw a large cat in the garden."
+    results = {}
+    for gain in (1.0, 1.5):
+        styled = replace(speaker, style=replace(speaker.style, jaw_amplitude=gain, asymmetry=0.0))
+        utterance, _, vertices = speak(styled, text, espeak, rig, head, template)
+        results[gain] = aperture(head, vertices)
+    open_frames = results[1.0] > 0.008
+    ratio = results[1.5][open_frames] / results[1.0][open_frames]
+    assert open_frames.sum() > 5 and np.median(ratio) == pytest.approx(1.5, rel=0.12)
+
+
+def test_the_head_is_one_manifold_surface_with_landmarks_in_place():
+    head = demo_head()
+    v, faces = head.vertices, head.faces
+    assert 2000 < len(v) < 8000
+    edges = Counter(tuple(sorted(e)) for f in faces for e in ((f[0], f[1]), (f[1], f[2]), (f[2], f[0])))
+    assert max(edges.values()) == 2  # manifold: no edge in more than two faces
+    assert all(len(set(f)) == 3 for f in faces)
+    boundary = [e for e, n in edges.items() if n == 1]
+    # Connected components of the surface and of its boundary (the neck opening and the lips).
+    parent = list(range(len(v)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    assert len({find(i) for i in range(len(v))}) == 1
+    parent = list(range(len(v)))
+    for a, b in boundary:
+        parent[find(a)] = find(b)
+    assert len({find(i) for e in boundary for i in e}) == 2
+    marks = {name: v[i] for name, i in head.landmarks.items()}
+    assert marks["nose_tip"][2] == pytest.approx(v[:, 2].max(), abs=0.01)  # the most forward point
+    assert marks["mouth_corner_left"][0] > 0.015 > -0.015 > marks["mouth_corner_right"][0]  # +x is the subject's left
+    assert marks["chin"][1] < marks["lower_lip_center"][1] < marks["nose_tip"][1]
+    np.testing.assert_allclose(marks["upper_lip_center"], marks["lower_lip_center"])  # a closed mouth at rest
+    assert head.landmarks["upper_lip_center"] != head.landmarks["lower_lip_center"]  # yet two vertices
+    assert set(head.lip_indices) >= {head.landmarks["upper_lip_center"], head.landmarks["lower_lip_center"]}
+    assert v[head.upper_face_indices, 1].min() > marks["nose_tip"][1]
+
+
+def test_bad_arguments_get_clear_errors(tmp_path, capsys):
+    with pytest.raises(MemoryTalkerError, match="--speakers must be at least 1"):
+        synthesize_corpus(tmp_path / "x", speakers=0)
+    with pytest.raises(MemoryTalkerError, match="unknown voice 'klingon'"):
+        synthesize_corpus(tmp_path / "x", speakers=1, sentences=1, voices=["klingon"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(MemoryTalkerError, match="cannot write the corpus to"):
+        synthesize_corpus(blocker / "corpus", speakers=1, sentences=1)
+    assert main(["synth", "--out", str(tmp_path / "y"), "--speakers", "0"]) == 2
+    assert "error: --speakers must be at least 1" in capsys.readouterr().err
