@@ -1,6 +1,9 @@
 """Renders pictures of the demo head with Blender's Workbench engine (the `bpy` module, no window).
 
-    .venv/bin/python scripts/render_demo_head.py --out docs/images/demo_head.png [--params params.npy --frames 0,10,20]
+    .venv/bin/python scripts/render_demo_head.py --out docs/images/demo_head.png
+    .venv/bin/python scripts/render_demo_head.py --out docs/images/demo_head_speaking.png \
+        --say "Bob saw two cheap maps." --phonemes b,ɔ,u,i,m
+    .venv/bin/python scripts/render_demo_head.py --out frames.png --motion motion.npy --frames 0,10,20
 """
 from __future__ import annotations
 
@@ -74,10 +77,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--motion", type=Path, help=".npy displacements (frames, V, 3) to show frames of")
     parser.add_argument("--frames", default="0", help="comma-separated frame numbers of --motion")
+    parser.add_argument("--say", help="a sentence for the first synthetic speaker (rendered with its rig motion)")
+    parser.add_argument("--phonemes", default="b,a,u,i", help="with --say: show the middle frame of the first "
+                                                              "occurrence of each of these phonemes")
     args = parser.parse_args()
     head = demo_head()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.motion is None:
+    if args.say:
+        from model_core.synthetic.corpus import speak
+        from model_core.synthetic.rig import Rig
+        from model_core.synthetic.speakers import make_speakers
+        from model_core.synthetic.speech import ESpeak
+        from model_core.synthetic.visemes import expand
+
+        speaker = make_speakers(1, seed=0)[0]
+        utterance, _, vertices = speak(speaker, args.say, ESpeak(), Rig(head), head, head.vertices)
+        segments = expand(utterance.phonemes)
+        frames = [next(int((s + e) / 2 * 30) for name, s, e in segments if name == wanted)
+                  for wanted in args.phonemes.split(",")]
+        render(args.out, [vertices[f] for f in frames], head.faces, [math.radians(25)] * len(frames))
+    elif args.motion is None:
         render(args.out, [head.vertices] * 3, head.faces, [0.0, math.radians(35), math.radians(90)])
     else:
         motion = np.load(args.motion)

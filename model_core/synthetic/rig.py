@@ -73,10 +73,11 @@ class Rig:
         fields["lower_lip_tuck"][:, 1] = 0.004 * self.lower_lip
         fields["lower_lip_tuck"][:, 2] = -0.005 * self.lower_lip
         self.fields = np.stack([fields[name] for name in PARAMETERS[1:]]).astype(np.float32)  # (P-1, V, 3)
-        # lip_close keeps the lower lip with the upper one: it removes the jaw's pull there.
-        # It fades out towards the corners, where the lips are joined and no slit separates them.
-        inside_mouth = 1.0 - _smoothstep((np.abs(x) - 0.5 * corner_x) / (0.5 * corner_x))
-        self.close_release = np.where(below, inside_mouth * np.exp(-((y - mouth[1]) / 0.012) ** 2), 0.0)
+        # lip_close keeps the lower lip with the upper one: it removes the jaw's pull around the
+        # mouth line, along the whole slit and fading out over a centimetre beyond the corners. The
+        # release is smooth across the line (the upper lip has no jaw weight to release).
+        beyond_corner = _smoothstep((np.abs(x) - corner_x) / 0.012)
+        self.close_release = (1.0 - beyond_corner) * np.exp(-((y - mouth[1]) / 0.012) ** 2)
 
     def displacements(self, params: np.ndarray) -> np.ndarray:
         """(frames, len(PARAMETERS)) -> (frames, V, 3) float32."""
