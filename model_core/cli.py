@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="vertex storage; float16 halves the disk use (about 0.03 mm rounding)")
     p.add_argument("--workers", type=int, help="processes (default: one per core)")
-    p.add_argument("--voices", help="comma-separated espeak-ng voices to use instead of the built-in sets")
+    p.add_argument("--voices", help="comma-separated voices to use instead of the built-in sets: espeak-ng names (en-us, "
+                        "en-us+f3) or, with flite installed, flite:slt, flite:rms ...")
     p.add_argument("--list-voices", action="store_true", help="print the espeak-ng voices and exit")
 
 
@@ -84,6 +86,10 @@ def run_synth(args) -> int:
 
     if args.list_voices:
         print("\n".join(sorted(ESpeak().voices())))
+        if shutil.which("flite"):
+            from .synthetic.speech import Flite
+
+            print("\n".join(Flite().voices()))
         return 0
     if args.out is None:
         raise MemoryTalkerError("--out is required: the folder to write the corpus to")

@@ -1,6 +1,7 @@
 """The synthetic corpus and the demo head: determinism, layout, articulation, styles, errors."""
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from model_core.synthetic.corpus import speak, synthesize_corpus
 from model_core.synthetic.head import demo_head
 from model_core.synthetic.rig import Rig
 from model_core.synthetic.speakers import make_speakers, speaker_template
-from model_core.synthetic.speech import ESpeak
+from model_core.synthetic.speech import ESpeak, synthesizer_for
 from model_core.synthetic.visemes import BILABIAL, expand
 
 
@@ -68,10 +69,15 @@ def aperture(head, vertices) -> np.ndarray:
     return np.linalg.norm(vertices[:, head.landmarks["upper_lip_center"]] - vertices[:, head.landmarks["lower_lip_center"]], axis=1)
 
 
-def test_lips_close_on_bilabials_and_open_on_open_vowels(articulation):
+@pytest.mark.parametrize("voice", [None, pytest.param("flite:kal16", marks=pytest.mark.skipif(
+    shutil.which("flite") is None, reason="flite is not installed"))])
+def test_lips_close_on_bilabials_and_open_on_open_vowels(articulation, voice):
     head, rig, espeak = articulation
     speaker = make_speakers(4, seed=3)[0]
-    utterance, _, vertices = speak(speaker, "Bob bought a pumpkin and a big map at the market.", espeak, rig, head,
+    if voice:
+        speaker = replace(speaker, voice=replace(speaker.voice, name=voice))
+    utterance, _, vertices = speak(speaker, "Bob bought a pumpkin and a big map at the market.",
+                                   synthesizer_for(speaker.voice.name, espeak), rig, head,
                                    speaker_template(head, speaker.identity))
     gap = aperture(head, vertices)
     segments = expand(utterance.phonemes)

@@ -30,7 +30,7 @@ from .head import DemoHead, demo_head
 from .rig import PARAMETERS, Rig
 from .sentences import sentences as make_sentences
 from .speakers import Speaker, asymmetric, make_speakers, speaker_template
-from .speech import ESpeak
+from .speech import FLITE_PREFIX, ESpeak, Flite, synthesizer_for
 from .visemes import ENGLISH_PHONEMES, expand, trajectory
 
 FPS = 30
@@ -59,10 +59,10 @@ def _prepare_state(out: Path, dtype: str, speakers: list[Speaker]) -> None:
                   templates={s.name: speaker_template(head, s.identity) for s in speakers})
 
 
-def speak(speaker: Speaker, text: str, espeak: ESpeak, rig: Rig, head: DemoHead, template: np.ndarray):
+def speak(speaker: Speaker, text: str, synthesizer, rig: Rig, head: DemoHead, template: np.ndarray):
     """One sentence by one speaker: (utterance with phoneme timings, parameters (T, 8), vertices (T, V, 3))."""
     voice = speaker.voice
-    utterance = espeak.synthesize(text, voice.name, voice.rate, voice.pitch, voice.pitch_range, voice.volume)
+    utterance = synthesizer.synthesize(text, voice.name, voice.rate, voice.pitch, voice.pitch_range, voice.volume)
     frames = max(1, int(round(len(utterance.samples) / utterance.sample_rate * FPS)))
     params = speaker.style.scale(trajectory(utterance.phonemes, frames, FPS, speaker.style.smoothness))
     motion = asymmetric(rig.displacements(params), head, speaker.style.asymmetry)
@@ -73,10 +73,12 @@ def _speaker_clips(job: tuple[str, list[str]]) -> list[tuple[float, list[str]]]:
     """All sentences of one speaker, in order, in a fresh process: espeak-ng's output depends on what
     the process synthesised before, so this makes every file independent of the number of workers."""
     speaker_name, texts = job
-    espeak = ESpeak(fresh=True)
+    speaker = _state["speakers"][speaker_name]
+    synthesizer = synthesizer_for(speaker.voice.name, None if speaker.voice.name.startswith(FLITE_PREFIX)
+                                  else ESpeak(fresh=True))
     results = []
     for number, text in enumerate(texts, start=1):
-        utterance, params, vertices = speak(_state["speakers"][speaker_name], text, espeak, _state["rig"],
+        utterance, params, vertices = speak(speaker, text, synthesizer, _state["rig"],
                                             _state["head"], _state["templates"][speaker_name])
         name = f"{speaker_name}_sentence{number:02d}"
         out: Path = _state["out"]
@@ -111,7 +113,12 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
     cast = make_speakers(speakers, seed, voices)
     espeak = ESpeak()
     for voice in sorted({s.voice.name for s in cast}):
-        espeak.check_voice(voice)
+        if voice.startswith(FLITE_PREFIX):
+            flite = Flite()
+            if voice.split("+")[0] not in flite.voices():
+                raise MemoryTalkerError(f"unknown voice {voice!r}; flite has {', '.join(flite.voices())}")
+        else:
+            espeak.check_voice(voice)
     out = Path(out)
     _check_folder(out)
     started = time.perf_counter()

@@ -77,7 +77,8 @@ def make_speakers(count: int, seed: int, voices: list[str] | None = None) -> lis
             pool = voices
         base, variant = pool[index % len(pool)], variants[(index // len(pool)) % len(variants)]
         female = variant.startswith("f")
-        voice = Voice(f"{base}+{variant}", int(rng.integers(55, 85) if female else rng.integers(15, 50)),
+        name = base if base.startswith("flite:") else f"{base}+{variant}"  # flite voices have no variants
+        voice = Voice(name, int(rng.integers(55, 85) if female else rng.integers(15, 50)),
                       int(rng.integers(30, 80)), int(rng.integers(140, 200)), int(rng.integers(70, 160)))
         style = Style(jaw_amplitude=float(rng.uniform(0.75, 1.15) * voice_driven_jaw(voice)),
                       protrusion=float(rng.uniform(0.6, 1.4)), spread=float(rng.uniform(0.6, 1.4)),

@@ -1,12 +1,16 @@
-"""Speech with phoneme timings from espeak-ng (the `espeakng-loader` wheel bundles the library
-and its data, so no system package is needed), driven through ctypes.
+"""Speech with phoneme timings.
 
-The synthesiser runs in synchronous mode: a callback receives the samples (22.05 kHz, int16) and
-an event list; phoneme events (type 7) carry the IPA name of the phoneme and its sample position.
+- espeak-ng (the `espeakng-loader` wheel bundles the library and its data, so no system package is
+  needed), driven through ctypes in synchronous mode: a callback receives the samples (22.05 kHz,
+  int16) and an event list; phoneme events (type 7) carry the IPA name and the sample position.
+- flite, when it is installed (Debian `flite`): voices named `flite:slt`, `flite:rms`, ...; it
+  prints `phone:end_time` pairs in its US phone set, mapped here to IPA.
 """
 from __future__ import annotations
 
 import ctypes
+import shutil
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -163,3 +167,58 @@ def _phoneme_intervals(events, total: int, rate: int) -> list[tuple[str, float, 
         end = max(sample, min(following[0], total))
         intervals.append((name.strip() or "_", sample / rate, end / rate))
     return intervals
+
+
+# flite's US phone set -> the IPA of the viseme table (diphthongs as two symbols).
+FLITE_TO_IPA = {
+    "aa": "ɑ", "ae": "æ", "ah": "ʌ", "ao": "ɔ", "aw": "aʊ", "ax": "ə", "axr": "ɚ", "ay": "aɪ", "eh": "ɛ",
+    "er": "ɜ", "ey": "eɪ", "ih": "ɪ", "iy": "i", "ow": "oʊ", "oy": "ɔɪ", "uh": "ʊ", "uw": "u",
+    "b": "b", "p": "p", "m": "m", "f": "f", "v": "v", "t": "t", "d": "d", "n": "n", "l": "l", "s": "s", "z": "z",
+    "k": "k", "g": "ɡ", "ng": "ŋ", "hh": "h", "th": "θ", "dh": "ð", "sh": "ʃ", "zh": "ʒ", "ch": "tʃ",
+    "jh": "dʒ", "r": "ɹ", "w": "w", "y": "j", "dx": "ɾ", "pau": "_",
+}
+FLITE_PREFIX = "flite:"
+
+
+class Flite:
+    """The flite command-line synthesiser (one process per sentence, so always deterministic)."""
+
+    def __init__(self) -> None:
+        self.program = shutil.which("flite")
+        if self.program is None:
+            raise MemoryTalkerError("flite voices need the flite program (Debian/Ubuntu: apt install flite)")
+
+    def voices(self) -> list[str]:
+        listing = subprocess.run([self.program, "-lv"], capture_output=True, text=True).stdout
+        return [FLITE_PREFIX + v for v in listing.split(":", 1)[-1].split()]
+
+    def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50,
+                   volume: int = 100) -> Utterance:
+        import soundfile as sf
+
+        name = voice.removeprefix(FLITE_PREFIX)
+        with tempfile.TemporaryDirectory() as folder:
+            wav = Path(folder) / "speech.wav"
+            command = [self.program, "-voice", name, "-psdur", "-t", text, "-o", str(wav),
+                       "--setf", f"duration_stretch={175 / rate:.4f}",
+                       "--setf", f"int_f0_target_mean={70 + 2.2 * pitch:.1f}",
+                       "--setf", f"int_f0_target_stddev={5 + 0.4 * pitch_range:.1f}"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0 or not wav.exists():
+                raise MemoryTalkerError(f"flite failed for voice {name!r}: {result.stderr.strip() or result.stdout.strip()}")
+            samples, sample_rate = sf.read(wav, dtype="float32")
+        samples = np.clip(samples * volume / 100.0, -1.0, 1.0).astype(np.float32)
+        duration = len(samples) / sample_rate
+        phonemes, start = [], 0.0
+        for pair in result.stdout.split():
+            phone, _, end = pair.rpartition(":")
+            end = min(float(end), duration)  # flite's last pause can run past the audio
+            if phone in FLITE_TO_IPA and end > start:
+                phonemes.append((FLITE_TO_IPA[phone], start, end))
+                start = end
+        return Utterance(samples, sample_rate, phonemes)
+
+
+def synthesizer_for(voice: str, espeak: ESpeak | None = None):
+    """The synthesiser that speaks `voice` ("flite:NAME" or an espeak-ng voice)."""
+    return Flite() if voice.startswith(FLITE_PREFIX) else (espeak or ESpeak())
