@@ -77,6 +77,7 @@ class AudioEncoder(nn.Module):
         self.sample_rate = config.sample_rate
         self.ctc = ctc_model
         self.ctc.freeze_feature_encoder()
+        self.train_cnn = False  # True only while `train --stage asr` trains a backbone from scratch
         self.samples_per_feature = math.prod(self.ctc.config.conv_stride)
         self.feature_rate = config.sample_rate / self.samples_per_feature
 
@@ -86,7 +87,8 @@ class AudioEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> "AudioEncoder":
         super().train(mode)
-        self.base.feature_extractor.eval()  # frozen: no stochastic behaviour, no gradients
+        if not self.train_cnn:
+            self.base.feature_extractor.eval()  # frozen: no stochastic behaviour, no gradients
         return self
 
     def _pad_short(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -143,6 +145,9 @@ class AudioEncoder(nn.Module):
         so chunks with receptive-field overlap give the same features in bounded memory.
         """
         waveform = self._pad_short(waveform)
+        if self.train_cnn and torch.is_grad_enabled():
+            # Training the CNN: transformers' own feature encoder, with gradients through its norms.
+            return self.base.feature_extractor(waveform[None])[0]
         if statistics is None and self._first_norm() is not None:
             statistics = self.clip_statistics(waveform)
         stride, field = self.samples_per_feature, self.receptive_field

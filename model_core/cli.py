@@ -15,8 +15,11 @@ from .motion_io import FORMATS
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train stage 1 (memory + decoder) or stage 2 (speaking-style encoder)")
-    p.add_argument("--stage", required=True, choices=["1", "2"])
+    p = sub.add_parser("train", help="train the backbone as a phoneme recogniser (asr), stage 1 (memory + "
+                                     "decoder) or stage 2 (speaking-style encoder)")
+    p.add_argument("--stage", required=True, choices=["asr", "1", "2"],
+                   help="asr: a backbone from scratch with CTC on phoneme labels (needs phonemes/*.json and "
+                        "--config with backbone_config); 1 and 2: the published stages")
     p.add_argument("--data", required=True, type=Path, help="dataset folder in the VOCASET layout")
     p.add_argument("--out", required=True, type=Path, help="run folder: last/, best/, history.json")
     p.add_argument("--epochs", type=int, default=100)

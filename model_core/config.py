@@ -19,6 +19,9 @@ class MemoryTalkerConfig:
     fps: float = 30.0  # the frame rate the model runs at; output is resampled from it
     # Memory and decoder (published defaults)
     mem_slots: int = 32  # equals the CTC vocabulary: logits address the slots directly
+    # The CTC tokens, when the backbone was trained here as a phoneme recogniser (`train --stage
+    # asr`): index 0 is the blank, then one phoneme per memory slot. None for pretrained backbones.
+    vocabulary: list[str] | None = None
     feature_dim: int = 96
     kappa: float = 16.0
     period: int = 30
@@ -57,6 +60,8 @@ class MemoryTalkerConfig:
                     f"the backbone's CTC vocabulary ({vocab}) must equal mem_slots ({self.mem_slots}): "
                     "the logits address the memory slots directly"
                 )
+        if self.vocabulary is not None and len(self.vocabulary) != self.mem_slots:
+            raise ValueError(f"the vocabulary has {len(self.vocabulary)} tokens but mem_slots is {self.mem_slots}")
         if self.feature_dim % self.decoder_heads:
             raise ValueError(f"feature_dim {self.feature_dim} is not divisible by decoder_heads {self.decoder_heads}")
         if len(self.style_subsample) < 1:

@@ -5,6 +5,8 @@
     ROOT/templates.pkl                              (subject -> V x 3; or templates.npz)
     a lip-index file (and optionally an upper-face index file, for FDD)
     ROOT/dataset.json                               (optional: fps, source_fps, splits)
+    ROOT/phonemes/<subject>_<sentenceNN>.json       (optional: [[phoneme, start_s, end_s], ...],
+                                                     "_" = silence; labels for `train --stage asr`)
 """
 from __future__ import annotations
 
@@ -222,6 +224,13 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
     def audio(self, index: int) -> np.ndarray:
         return load_audio(self.items[index].wav, self.sample_rate).samples
 
+    def phonemes(self, index: int) -> list[str] | None:
+        """The clip's phoneme labels (silence left out), or None when the dataset has none."""
+        path = self.info.root / "phonemes" / f"{self.items[index].name}.json"
+        if not path.exists():
+            return None
+        return [str(p[0]) for p in json.loads(path.read_text(encoding="utf-8")) if p[0] != "_"]
+
     def vertices(self, index: int) -> np.ndarray:
         item = self.items[index]
         raw = np.load(item.vertices, mmap_mode="r", allow_pickle=False)
@@ -237,6 +246,7 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
             "audio": torch.from_numpy(self.audio(index)),
             "vertices": torch.from_numpy(self.vertices(index)),
             "template": torch.from_numpy(self.info.templates[item.subject].reshape(-1)),
+            "phonemes": self.phonemes(index),
         }
         if self.triplets:
             rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -258,11 +268,13 @@ class Batch:
     templates: torch.Tensor  # (B, 3V)
     positive_waveforms: list[torch.Tensor] = field(default_factory=list)
     negative_waveforms: list[torch.Tensor] = field(default_factory=list)
+    phonemes: list[list[str] | None] = field(default_factory=list)  # labels for the asr stage
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda ws: [w.to(device) for w in ws]  # noqa: E731
         return Batch(self.names, self.subjects, move(self.waveforms), self.frame_counts, self.vertices.to(device),
-                     self.templates.to(device), move(self.positive_waveforms), move(self.negative_waveforms))
+                     self.templates.to(device), move(self.positive_waveforms), move(self.negative_waveforms),
+                     self.phonemes)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -280,4 +292,5 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         templates=torch.stack([s["template"] for s in samples]),
         positive_waveforms=[s["positive_audio"] for s in samples if "positive_audio" in s],
         negative_waveforms=[s["negative_audio"] for s in samples if "negative_audio" in s],
+        phonemes=[s.get("phonemes") for s in samples],
     )

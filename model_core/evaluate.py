@@ -34,6 +34,41 @@ def evaluate_model(model: MemoryTalker, info: DatasetInfo, split: str = "test", 
     return accumulator.result()
 
 
+def edit_distance(a: list[str], b: list[str]) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def greedy_ctc(logits: torch.Tensor, vocabulary: list[str]) -> list[str]:
+    """Best path: the most likely token per frame, repeats merged, blanks (token 0) dropped."""
+    best = logits.argmax(-1).tolist()
+    return [vocabulary[t] for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]
+
+
+@torch.inference_mode()
+def phoneme_error_rate(model: MemoryTalker, info: DatasetInfo, split: str = "val", progress: bool = False) -> float:
+    """Edit distance between the backbone's greedy CTC transcription and the labels, per label phoneme."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    dataset = TalkingFaceDataset(info, split, model.config.sample_rate)
+    errors = total = 0
+    for i in tqdm(range(len(dataset)), desc=f"PER {split}", disable=not progress, leave=False):
+        labels = dataset.phonemes(i)
+        audio = dataset.audio(i)
+        frames = max(1, int(round(len(audio) / model.config.sample_rate * model.config.fps)))
+        logits, _ = model.audio_encoder([torch.from_numpy(audio).to(device)], [frames])
+        errors += edit_distance(greedy_ctc(logits[0], model.config.vocabulary), labels)
+        total += len(labels)
+    model.train(was_training)
+    return errors / max(total, 1)
+
+
 def format_table(results: dict[str, float]) -> str:
     names = [(n, s) for n, s in DISPLAY if n in results]
     header = " | ".join(f"{n} (x{s:.0e})" if s != 1.0 else n for n, s in names)

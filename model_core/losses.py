@@ -39,6 +39,22 @@ def stage1_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
     return losses
 
 
+def asr_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
+    """CTC between the backbone's logits (at the motion frame rate) and the clips' phoneme labels;
+    token 0 of the model's vocabulary is the blank."""
+    vocabulary = model.config.vocabulary
+    index = {token: i for i, token in enumerate(vocabulary)}
+    if any(labels is None for labels in batch.phonemes):
+        raise ValueError("the asr stage needs phoneme labels (phonemes/NAME.json) for every clip")
+    logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+    log_probs = torch.log_softmax(logits.float(), -1).transpose(0, 1)  # (T, B, V)
+    targets = [torch.tensor([index[p] for p in labels if p in index], dtype=torch.long) for labels in batch.phonemes]
+    loss = torch.nn.functional.ctc_loss(
+        log_probs, torch.cat(targets).to(logits.device), torch.tensor(batch.frame_counts),
+        torch.tensor([len(t) for t in targets]), blank=0, reduction="mean", zero_infinity=True)
+    return {"ctc": loss, "total": loss}
+
+
 def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor) -> dict[str, torch.Tensor]:
     """L_mse + L_vel + 0.01 (L_lip + L_style); only the style encoder receives gradients."""
     with torch.no_grad():

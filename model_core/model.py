@@ -269,13 +269,17 @@ class MemoryTalker(nn.Module):
     def set_stage(self, stage: str) -> list[nn.Parameter]:
         """Freeze what the stage does not train and return the parameters it does train.
 
-        stage "1": everything but the backbone CNN and the style encoder; stage "2": the style
-        encoder only (all the rest runs in eval mode, so no dropout or masking touches it).
+        stage "asr": the whole audio backbone, CNN included (a phoneme recogniser trained from
+        scratch); stage "1": everything but the backbone CNN and the style encoder; stage "2": the
+        style encoder only (all the rest runs in eval mode, so no dropout or masking touches it).
         """
         self._frozen_stage = stage
+        self.audio_encoder.train_cnn = stage == "asr"
         for p in self.parameters():
             p.requires_grad_(False)
-        if stage == "2":
+        if stage == "asr":
+            trainable = list(self.audio_encoder.parameters())
+        elif stage == "2":
             trainable = list(self.style_encoder.parameters())
         elif stage == "1":
             trainable = [p for name, p in self.named_parameters()

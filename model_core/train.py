@@ -18,13 +18,13 @@ from .checkpoint import load_model, save_model
 from .config import MemoryTalkerConfig
 from .data import DatasetInfo, TalkingFaceDataset, collate
 from .errors import MemoryTalkerError
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, phoneme_error_rate
 from .inference import resolve_device
-from .losses import stage1_losses, stage2_losses
+from .losses import asr_losses, stage1_losses, stage2_losses
 from .model import MemoryTalker
 
 log = logging.getLogger(__name__)
-DEFAULT_LR = {"1": 1e-4, "2": 5e-5}
+DEFAULT_LR = {"asr": 5e-4, "1": 1e-4, "2": 5e-5}
 STATE_FILE = "training_state.pt"
 
 
@@ -53,8 +53,30 @@ def _seed(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def phoneme_vocabulary(info: DatasetInfo) -> list[str]:
+    """["<blank>"] + every phoneme of the training split's labels, sorted."""
+    dataset = TalkingFaceDataset(info, "train")
+    seen: set[str] = set()
+    for i in range(len(dataset)):
+        labels = dataset.phonemes(i)
+        if labels is None:
+            raise MemoryTalkerError(f"{dataset.items[i].name} has no phoneme labels (phonemes/NAME.json): "
+                                    "the asr stage needs them for every clip")
+        seen.update(labels)
+    if not seen:
+        raise MemoryTalkerError(f"{info.root}: the training split has no phoneme labels")
+    return ["<blank>"] + sorted(seen)
+
+
 def _new_stage1_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
     fields = json.loads(Path(opts.config).read_text()) if opts.config else {}
+    if opts.stage == "asr":
+        if not fields.get("backbone_config"):
+            raise MemoryTalkerError("the asr stage trains a backbone from scratch: give its architecture as "
+                                    "'backbone_config' (a transformers HuBERT/wav2vec2 config) in --config")
+        vocabulary = phoneme_vocabulary(info)
+        fields.update(vocabulary=vocabulary, mem_slots=len(vocabulary), backbone=None)
+        fields["backbone_config"] = {**fields["backbone_config"], "vocab_size": len(vocabulary), "pad_token_id": 0}
     fields.setdefault("num_vertices", info.num_vertices)
     fields.setdefault("fps", info.fps)
     if opts.backbone:
@@ -75,6 +97,8 @@ def _build_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
         model = load_model(opts.init)
     elif opts.stage == "2":
         raise MemoryTalkerError("stage 2 starts from a stage-1 model: pass --init STAGE1_MODEL_DIR")
+    elif opts.stage == "asr" and opts.backbone:
+        raise MemoryTalkerError("the asr stage trains a new backbone from --config; --backbone names a pretrained one")
     else:
         model = _new_stage1_model(opts, info)
     if model.config.num_vertices != info.num_vertices:
@@ -87,7 +111,7 @@ def _build_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
 def train(opts: TrainOptions) -> Path:
     """Runs (or resumes) training; returns the folder of the best model."""
     if opts.stage not in DEFAULT_LR:
-        raise MemoryTalkerError(f"unknown stage {opts.stage!r}; use 1 or 2")
+        raise MemoryTalkerError(f"unknown stage {opts.stage!r}; use asr, 1 or 2")
     opts.out = Path(opts.out)
     info = DatasetInfo.open(opts.data, opts.dataset)
     device = resolve_device(opts.device)
@@ -118,7 +142,12 @@ def train(opts: TrainOptions) -> Path:
         bar = tqdm(loader, desc=f"stage {opts.stage} epoch {epoch + 1}/{opts.epochs}", disable=not opts.progress)
         for batch in bar:
             batch = batch.to(device)
-            losses = stage1_losses(model, batch) if opts.stage == "1" else stage2_losses(model, batch, lips)
+            if opts.stage == "asr":
+                losses = asr_losses(model, batch)
+            elif opts.stage == "1":
+                losses = stage1_losses(model, batch)
+            else:
+                losses = stage2_losses(model, batch, lips)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
@@ -126,9 +155,11 @@ def train(opts: TrainOptions) -> Path:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['total'] / (bar.n + 1):.3e}")
         record = {"epoch": epoch + 1, **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
-        if has_val:
+        if has_val and opts.stage == "asr":
+            record["val_PER"] = phoneme_error_rate(model, info, "val")
+        elif has_val:
             record.update({f"val_{k}": v for k, v in evaluate_model(model, info, "val", progress=False).items()})
-        score = record.get("val_LVE", record["train_total"])
+        score = record.get("val_PER", record.get("val_LVE", record["train_total"]))
         history.append(record)
         meta = {"stage": opts.stage, "epoch": epoch + 1, "seed": opts.seed, "data": str(opts.data), "metrics": record}
         save_model(model, opts.out / "last", meta)

@@ -3,6 +3,7 @@
     OUT/wav/SpeakerNN_sentenceMM.wav          espeak-ng speech, 22.05 kHz, 16-bit
     OUT/vertices_npy/SpeakerNN_sentenceMM.npy  (frames x 3V) at 30 fps, float32 (or float16)
     OUT/params/SpeakerNN_sentenceMM.npy        (frames x 8) articulation parameters (ground truth)
+    OUT/phonemes/SpeakerNN_sentenceMM.json     [[IPA phoneme, start s, end s], ...] ("_" = silence)
     OUT/templates.pkl                          speaker -> neutral head (V x 3)
     OUT/lip_indices.txt, upper_face_indices.txt
     OUT/dataset.json                           fps and splits (train / val / test = unseen voices)
@@ -85,13 +86,15 @@ def _speaker_clips(job: tuple[str, list[str]]) -> list[tuple[float, list[str]]]:
         sf.write(out / "wav" / f"{name}.wav", utterance.samples, utterance.sample_rate, subtype="PCM_16")
         np.save(out / "vertices_npy" / f"{name}.npy", vertices.reshape(len(vertices), -1).astype(_state["dtype"]))
         np.save(out / "params" / f"{name}.npy", params.astype(np.float32))
+        segments = [[phoneme, round(start, 5), round(end, 5)] for phoneme, start, end in expand(utterance.phonemes)]
+        (out / "phonemes" / f"{name}.json").write_text(json.dumps(segments, ensure_ascii=False) + "\n", encoding="utf-8")
         results.append((len(utterance.samples) / utterance.sample_rate, [p for p, _, _ in expand(utterance.phonemes)]))
     return results
 
 
 def _check_folder(out: Path) -> None:
     try:
-        for sub in ("wav", "vertices_npy", "params"):
+        for sub in ("wav", "vertices_npy", "params", "phonemes"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_bytes(b"")

@@ -1,0 +1,79 @@
+"""`train --stage asr`: a backbone trained from scratch as a phoneme recogniser, then stage 1 on it."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from model_core.checkpoint import load_model
+from model_core.cli import main
+from model_core.data import DatasetInfo, TalkingFaceDataset, collate
+from model_core.evaluate import edit_distance, greedy_ctc
+from model_core.losses import asr_losses
+from model_core.train import TrainOptions, _new_stage1_model, phoneme_vocabulary, train
+from tests.conftest import tiny_backbone_config
+
+PHONEMES = ["b", "a", "m", "i", "s", "u"]
+
+
+@pytest.fixture
+def labelled(dataset_dir, tmp_path):
+    """The tiny dataset plus phoneme labels: a fixed sequence per clip, derived from its name."""
+    root = tmp_path / "labelled"
+    shutil.copytree(dataset_dir, root)
+    (root / "phonemes").mkdir()
+    for wav in (root / "wav").glob("*.wav"):
+        seed = sum(map(ord, wav.stem))
+        labels = [PHONEMES[(seed + 3 * k) % len(PHONEMES)] for k in range(5)]
+        segments = [["_", 0.0, 0.1]] + [[p, 0.1 + 0.15 * k, 0.25 + 0.15 * k] for k, p in enumerate(labels)]
+        (root / "phonemes" / f"{wav.stem}.json").write_text(json.dumps(segments))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"feature_dim": 16, "decoder_ff_dim": 32, "style_channels": 16,
+                                  "style_embedding_dim": 24, "style_dense_blocks": 2,
+                                  "backbone_config": tiny_backbone_config()}))
+    return root, config
+
+
+def test_vocabulary_edit_distance_and_greedy_decoding(labelled):
+    root, _ = labelled
+    assert phoneme_vocabulary(DatasetInfo.open(root)) == ["<blank>", "a", "b", "i", "m", "s", "u"]
+    assert edit_distance(list("kitten"), list("sitting")) == 3
+    vocabulary = ["<blank>", "a", "b"]
+    logits = torch.eye(3)[[1, 1, 0, 1, 2, 2, 0]]  # a a _ a b b _  ->  a a b
+    assert greedy_ctc(logits, vocabulary) == ["a", "a", "b"]
+
+
+def test_asr_stage_trains_the_whole_backbone_and_stage1_starts_from_it(labelled, tmp_path):
+    root, config = labelled
+    best = train(TrainOptions(stage="asr", data=root, out=tmp_path / "asr", epochs=3, lr=3e-3, batch_size=4,
+                              config=config, device="cpu", progress=False))
+    history = json.loads((tmp_path / "asr" / "history.json").read_text())
+    assert history[-1]["train_ctc"] < history[0]["train_ctc"]
+    assert all(0.0 <= h["val_PER"] <= 2.0 for h in history)
+    model = load_model(best)
+    assert model.config.vocabulary == ["<blank>", "a", "b", "i", "m", "s", "u"] and model.config.mem_slots == 7
+    first = load_model(tmp_path / "asr" / "last")
+    fresh = _new_stage1_model(TrainOptions(stage="asr", data=root, out=tmp_path / "x",
+                                                                config=config), DatasetInfo.open(root))
+    cnn = "audio_encoder.ctc.hubert.feature_extractor.conv_layers.1.conv.weight"
+    assert not torch.equal(first.state_dict()[cnn], fresh.state_dict()[cnn])  # the CNN was trained too
+
+    stage1 = train(TrainOptions(stage="1", data=root, out=tmp_path / "s1", epochs=1, init=best, device="cpu",
+                                progress=False))
+    trained = load_model(stage1)
+    assert torch.equal(trained.state_dict()[cnn], load_model(best).state_dict()[cnn])  # stage 1 keeps the CNN
+    assert trained.config.vocabulary == model.config.vocabulary
+
+
+def test_asr_loss_needs_labels_and_the_cli_says_what_is_missing(labelled, dataset_dir, tmp_path, capsys):
+    root, config = labelled
+    info = DatasetInfo.open(root)
+    model = _new_stage1_model(TrainOptions(stage="asr", data=root, out=tmp_path / "x",
+                                                                config=config), info)
+    batch = collate([TalkingFaceDataset(info, "train")[i] for i in range(2)])
+    assert torch.isfinite(asr_losses(model, batch)["total"])
+    code = main(["train", "--stage", "asr", "--data", str(dataset_dir), "--out", str(tmp_path / "y"),
+                 "--config", str(config), "--epochs", "1"])
+    assert code == 2 and "has no phoneme labels" in capsys.readouterr().err
