@@ -5,16 +5,5 @@
 #   TORCH_REQUIREMENT="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ./run_tests.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-TORCH_REQUIREMENT=${TORCH_REQUIREMENT:-torch==2.13.0}
-BPY_REQUIREMENT=${BPY_REQUIREMENT:-bpy==5.0.1}
-
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
-# torch first and on its own, so that nothing later resolves a different (multi-GB) build.
-"${PIP[@]}" install $TORCH_REQUIREMENT
-"${PIP[@]}" install -e ".[test]" "$BPY_REQUIREMENT"
+scripts/setup_env.sh
 exec .venv/bin/python -m pytest "$@"

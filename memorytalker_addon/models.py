@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "demo"
+from .worker_client import model_core_root
+
+# model_core ships the demo model inside its package (model_core/models/demo).
+BUNDLED_MODEL = model_core_root() / "model_core" / "models" / "demo"
 
 
 class ModelFolderError(Exception):

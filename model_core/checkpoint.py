@@ -16,6 +16,8 @@ from .errors import CheckpointError
 from .model import MemoryTalker
 
 CONFIG_FILE = "config.json"
+# The small demo model trained on the synthetic corpus, shipped inside the package (and the extension).
+BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "demo"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "memorytalker"
 FORMAT_VERSION = 1

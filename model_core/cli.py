@@ -50,7 +50,8 @@ def _add_evaluate(sub) -> None:
 def _add_animate(sub) -> None:
     p = sub.add_parser("animate", help="audio -> facial motion (.npy, .npz or .pc2)")
     p.add_argument("audio", nargs="+", type=Path, help="WAV, FLAC, OGG or MP3 files")
-    p.add_argument("--model", required=True, type=Path, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--model", type=Path, help="model folder (config.json + model.safetensors); "
+                                              "default: the bundled demo model (demo head topology)")
     p.add_argument("--out", required=True, type=Path,
                    help=f"output file ({', '.join(FORMATS)}); with several inputs, a folder")
     p.add_argument("--format", choices=[f[1:] for f in FORMATS], default="npy", help="format when --out is a folder")
@@ -131,6 +132,16 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def default_model(model: Path | None) -> Path:
+    from .checkpoint import BUNDLED_MODEL, CONFIG_FILE
+
+    if model is not None:
+        return model
+    if not (BUNDLED_MODEL / CONFIG_FILE).is_file():
+        raise MemoryTalkerError("this installation has no bundled demo model; pass --model MODEL_DIR")
+    return BUNDLED_MODEL
+
+
 def run_animate(args) -> int:
     from .inference import Animator
     from .motion_io import MotionWriter
@@ -138,7 +149,7 @@ def run_animate(args) -> int:
     many = len(args.audio) > 1
     if not many and args.out.suffix.lower() not in FORMATS:
         raise MemoryTalkerError(f"--out {args.out}: give a file ending in {', '.join(FORMATS)}")
-    animator = Animator.from_folder(args.model, args.device)
+    animator = Animator.from_folder(default_model(args.model), args.device)
     reference = animator.load(args.style_audio) if args.style_audio else None
     for audio in args.audio:
         out = args.out / f"{audio.stem}.{args.format}" if many else args.out

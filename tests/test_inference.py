@@ -171,3 +171,17 @@ def test_very_short_audio_still_animates(stylized_model, seconds):
     motion = Animator(stylized_model, "cpu").animate(waveform(seconds), fps=30)
     assert motion.displacements.shape == (max(1, round(seconds * 30)), NUM_VERTICES, 3)
     assert np.isfinite(motion.displacements).all()
+
+
+def test_animate_without_model_uses_the_bundled_one(tmp_path, wav_file, monkeypatch, capsys):
+    from model_core import checkpoint, save_model
+    from model_core.cli import main
+    from tests.conftest import tiny_model
+
+    monkeypatch.setattr(checkpoint, "BUNDLED_MODEL", tmp_path / "missing")
+    assert main(["animate", str(wav_file), "--out", str(tmp_path / "a.npy")]) == 2
+    assert "no bundled demo model; pass --model" in capsys.readouterr().err
+    save_model(tiny_model(), tmp_path / "bundled")
+    monkeypatch.setattr(checkpoint, "BUNDLED_MODEL", tmp_path / "bundled")
+    assert main(["animate", str(wav_file), "--out", str(tmp_path / "a.npy")]) == 0
+    assert np.load(tmp_path / "a.npy").shape == (60, 40, 3)  # 2 s at the model's 30 fps, 40 vertices
