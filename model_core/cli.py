@@ -34,6 +34,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, help="JSON file of model config fields for a new model")
     p.add_argument("--dataset", choices=["vocaset", "biwi"], help="dataset preset (default: dataset.json, else vocaset)")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--no-memory", action="store_true",
+                   help="stage 1 without the motion memory (the ablation baseline), e.g. from the same --init")
 
 
 def _add_evaluate(sub) -> None:
@@ -112,7 +114,7 @@ def run_train(args) -> int:
     best = train(TrainOptions(stage=args.stage, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
-                              num_workers=args.num_workers))
+                              num_workers=args.num_workers, no_memory=args.no_memory))
     print(f"best model: {best}")
     return 0
 

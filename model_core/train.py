@@ -45,6 +45,7 @@ class TrainOptions:
     dataset: str | None = None  # preset: vocaset or biwi (default: dataset.json or vocaset)
     num_workers: int = 0
     progress: bool = True
+    no_memory: bool = False  # stage 1 of the "no memory" ablation (from --init: its backbone, a new decoder)
 
 
 def _seed(seed: int, epoch: int) -> torch.Generator:
@@ -90,17 +91,34 @@ def _new_stage1_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
     return model
 
 
+def _without_memory(model: MemoryTalker, seed: int) -> MemoryTalker:
+    """The same model with the memory removed: every weight whose shape still fits is kept (the
+    backbone, motion and output layers), the fusion layer starts afresh."""
+    torch.manual_seed(seed)
+    ablated = MemoryTalker(model.config.replace(use_memory=False))
+    target = ablated.state_dict()
+    kept = {k: v for k, v in model.state_dict().items() if k in target and v.shape == target[k].shape}
+    ablated.load_state_dict(kept, strict=False)
+    return ablated
+
+
 def _build_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
     if opts.resume and (opts.out / "last").exists():
         return load_model(opts.out / "last")
     if opts.init:
         model = load_model(opts.init)
+        if opts.no_memory and model.config.use_memory:
+            model = _without_memory(model, opts.seed)
     elif opts.stage == "2":
         raise MemoryTalkerError("stage 2 starts from a stage-1 model: pass --init STAGE1_MODEL_DIR")
     elif opts.stage == "asr" and opts.backbone:
         raise MemoryTalkerError("the asr stage trains a new backbone from --config; --backbone names a pretrained one")
     else:
         model = _new_stage1_model(opts, info)
+        if opts.no_memory:
+            model = _without_memory(model, opts.seed)
+    if opts.no_memory and opts.stage != "1":
+        raise MemoryTalkerError("--no-memory is the stage-1 ablation: use it with --stage 1")
     if model.config.num_vertices != info.num_vertices:
         raise MemoryTalkerError(f"the model has {model.config.num_vertices} vertices, the data {info.num_vertices}")
     if opts.stage == "2":

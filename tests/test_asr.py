@@ -66,6 +66,11 @@ def test_asr_stage_trains_the_whole_backbone_and_stage1_starts_from_it(labelled,
     assert torch.equal(trained.state_dict()[cnn], load_model(best).state_dict()[cnn])  # stage 1 keeps the CNN
     assert trained.config.vocabulary == model.config.vocabulary
 
+    baseline = load_model(train(TrainOptions(stage="1", data=root, out=tmp_path / "nomem", epochs=1, init=best,
+                                             no_memory=True, device="cpu", progress=False)))
+    assert not baseline.config.use_memory  # the ablation: same backbone start, no memory
+    assert torch.equal(baseline.state_dict()[cnn], load_model(best).state_dict()[cnn])
+
 
 def test_asr_loss_needs_labels_and_the_cli_says_what_is_missing(labelled, dataset_dir, tmp_path, capsys):
     root, config = labelled
