@@ -340,3 +340,72 @@ def json_takes(obj) -> dict:
     from memorytalker_addon.takes import records
 
     return records(obj)
+
+
+class RecordingLayout:
+    """Stands in for UILayout (there is no window in background mode): checks that every property
+    and operator the panel draws exists, and records what it drew."""
+
+    def __init__(self, drawn: list):
+        self.drawn = drawn
+        self.enabled = True
+
+    def _nested(self, *args, **kwargs):
+        return RecordingLayout(self.drawn)
+
+    box = row = column = _nested
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, f"{type(data).__name__} has no property {name}"
+        self.drawn.append(("prop", name))
+
+    def prop_search(self, data, name, search_data, search_name, **kwargs):
+        assert name in data.bl_rna.properties and search_name in search_data.bl_rna.properties
+        self.drawn.append(("prop_search", name))
+
+    def operator(self, idname, **kwargs):
+        module, name = idname.split(".")
+        rna = getattr(getattr(bpy.ops, module), name).get_rna_type()
+        self.drawn.append(("operator", idname))
+
+        class Properties:
+            def __setattr__(self, key, value):
+                assert key in rna.properties, f"{idname} has no property {key}"
+
+        return Properties()
+
+    def label(self, **kwargs):
+        self.drawn.append(("label", kwargs.get("text", "")))
+
+    def progress(self, **kwargs):
+        self.drawn.append(("progress", kwargs.get("text", "")))
+
+
+def draw_panel(context) -> list:
+    from memorytalker_addon.ui import MEMORYTALKER_PT_panel
+
+    drawn: list = []
+    panel = type("Panel", (), {"layout": RecordingLayout(drawn),
+                               "draw_takes": staticmethod(MEMORYTALKER_PT_panel.draw_takes)})()
+    MEMORYTALKER_PT_panel.draw(panel, context)
+    return drawn
+
+
+def test_the_panel_draws_in_every_state(scene, model_dir, speech):
+    context = bpy.context
+    options = scene.memorytalker
+    drawn = draw_panel(context)
+    assert ("operator", "memorytalker.generate") in drawn and ("prop", "audio_path") in drawn
+    options.audio_source, options.model_source, options.mode = 'STRIP', 'FOLDER', 'PC2'
+    drawn = draw_panel(context)
+    assert ("prop", "model_folder") in drawn and ("prop", "tolerance_mm") not in drawn
+    options.audio_source, options.mode = 'FILE', 'SHAPEKEYS'
+    generate(model_dir, speech)
+    generate(model_dir, speech, take="second", mode='PC2')
+    drawn = draw_panel(context)
+    assert ("label", "hello_world") in drawn and ("label", "second") in drawn
+    assert ("prop", "memorytalker_intensity") in drawn and ("prop", "factor") in drawn
+    context.window_manager.memorytalker_running = True
+    drawn = draw_panel(context)
+    assert ("operator", "memorytalker.cancel") in drawn and ("operator", "memorytalker.generate") not in drawn
+    context.window_manager.memorytalker_running = False
