@@ -248,9 +248,10 @@ def test_a_failure_while_writing_rolls_back(scene, model_dir, speech, monkeypatc
     assert scene_snapshot(scene, obj) == before and obj.data.shape_keys is None
 
 
-def test_worker_cancel_and_crash(model_dir, speech, tmp_path):
+def test_worker_cancel_and_crash(scene, model_dir, speech, tmp_path):
     from memorytalker_addon.worker_client import Worker, WorkerError
 
+    before = scene_snapshot(scene, bpy.data.objects["Head"])
     worker = Worker()
     (tmp_path / "job").mkdir()
     np.save(tmp_path / "job" / "mesh.npy", head_vertices())
@@ -259,6 +260,9 @@ def test_worker_cancel_and_crash(model_dir, speech, tmp_path):
     worker.submit(request)
     worker.stop()  # cancel: the process ends at once, nothing comes back
     assert not worker.alive
+    # Blender writes only when the worker reports "done": a cancelled generation leaves the scene as it was.
+    assert all(event["event"] != "done" for event in worker.poll())
+    assert scene_snapshot(scene, bpy.data.objects["Head"]) == before
     result = worker.run(request)  # the next generation starts a fresh worker
     assert result["frames"] == 45 and (tmp_path / "job" / "displacements.npy").exists()
     assert worker.run(request)["frames"] == 45  # and it stays alive with the model loaded
