@@ -108,7 +108,7 @@ class TakeWriter:
         return self.obj.data.shape_keys
 
     def _add_keys(self, displacement_of, count: int, slider: tuple[float, float]) -> list[str]:
-        key = self._ensure_basis()
+        self._ensure_basis()
         reference = rest_positions(self.obj)
         names = []
         for index in range(count):
@@ -207,26 +207,12 @@ class TakeWriter:
         """Names taken while an earlier version of the take still existed got a numeric suffix."""
         key = self.obj.data.shape_keys
         for index, name in enumerate(self.record["keys"]):
-            wanted = f"{self.name}.{index:03d}"
-            if name != wanted and wanted not in key.key_blocks:
-                key.key_blocks[name].name = wanted  # renaming through RNA also fixes the F-curve paths
-                self.record["keys"][index] = wanted
-        renames = (("action", bpy.data.actions, f"MT {self.name}"),)
-        for field, collection, wanted in renames:
-            if self.record[field] and self.record[field] != wanted and wanted not in collection:
-                collection[self.record[field]].name = wanted
-                self.record[field] = wanted
-        if self.record["track"]:
-            tracks = key.animation_data.nla_tracks
-            wanted = f"MT {self.name}"
-            if self.record["track"] != wanted and wanted not in tracks:
-                tracks[self.record["track"]].name = wanted
-                self.record["track"] = wanted
-        if self.record["modifier"]:
-            wanted = f"MT {self.name}"
-            if self.record["modifier"] != wanted and wanted not in self.obj.modifiers:
-                self.obj.modifiers[self.record["modifier"]].name = wanted
-                self.record["modifier"] = wanted
+            # Renaming through RNA also fixes the F-curve paths.
+            self.record["keys"][index] = _rename(key.key_blocks, name, f"{self.name}.{index:03d}")
+        tracks = key.animation_data.nla_tracks if key is not None and key.animation_data else None
+        for field, collection in (("action", bpy.data.actions), ("track", tracks), ("modifier", self.obj.modifiers)):
+            if self.record[field]:
+                self.record[field] = _rename(collection, self.record[field], f"MT {self.name}")
         if self.record["pc2"] and ".new." in Path(self.record["pc2"]).name:
             final = Path(self.record["pc2"]).with_name(Path(self.record["pc2"]).name.replace(".new.", "."))
             os.replace(self.record["pc2"], final)
@@ -236,6 +222,14 @@ class TakeWriter:
 
     def _undo(self) -> None:
         _remove_parts(self.scene, self.obj, self.record, keep_files=False)
+
+
+def _rename(collection, name: str, wanted: str) -> str:
+    """Renames `collection[name]` to `wanted` when that name is free; returns the name it has."""
+    if name != wanted and wanted not in collection:
+        collection[name].name = wanted
+        return wanted
+    return name
 
 
 def _remove_parts(scene, obj, record: dict[str, Any], keep_files: bool) -> None:

@@ -137,7 +137,7 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
             seen.update(p for _, phonemes in clips for p in phonemes)
             bar.update(len(clips))
     with open(out / "templates.pkl", "wb") as f:
-        pickle.dump({s.name: speaker_template(head, s.identity) for s in cast}, f, protocol=4)
+        pickle.dump(_state["templates"], f, protocol=4)
     (out / "lip_indices.txt").write_text(" ".join(map(str, head.lip_indices)) + "\n")
     (out / "upper_face_indices.txt").write_text(" ".join(map(str, head.upper_face_indices)) + "\n")
     write_head(head, out)
