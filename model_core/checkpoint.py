@@ -194,6 +194,7 @@ def import_official(checkpoint: str | Path, out: str | Path, config: MemoryTalke
         feature_dim=feature_dim,
         mem_slots=state["memory_net.M_m"].shape[0],
         stylized=any(k.startswith("style_encoder.") for k in state),
+        style_weights="product",
         decoder_layers=len({k.split(".")[2] for k in state if k.startswith("D_m.layers.")}),
     )
     if "D_m.layers.0.linear1.weight" in state:

@@ -185,11 +185,13 @@ class SpeakerEncoder(nn.Module):
 
 
 class SpeakingStyleEncoder(nn.Module):
-    """log-mel -> f_s (slots); w_s = sigmoid(f_s) * scale(f_s); a triplet head on f_s for L_style."""
+    """log-mel -> f_s (slots) -> slot weights w_s (see config.style_weights); a triplet head on f_s
+    for L_style."""
 
     def __init__(self, config: MemoryTalkerConfig):
         super().__init__()
         n = config.mem_slots
+        self.residual = config.style_weights == "residual"
         self.logmel = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
         self.chunk_samples = STYLE_CHUNK_SECONDS * config.sample_rate // config.hop_length * config.hop_length
         self.speaker = SpeakerEncoder(
@@ -204,6 +206,8 @@ class SpeakingStyleEncoder(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.residual:
+            nn.init.zeros_(self.to_scale.weight)
 
     def embed(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
         """One style vector f_s per clip (B, slots); clips run unpadded so padding cannot leak in."""
@@ -221,7 +225,8 @@ class SpeakingStyleEncoder(nn.Module):
 
     def weights(self, f_s: torch.Tensor) -> torch.Tensor:
         """Per-sample slot weights w_s (B, slots); never averaged over the batch."""
-        return torch.sigmoid(f_s) * self.to_scale(f_s)
+        gate = torch.sigmoid(f_s) * self.to_scale(f_s)
+        return 1.0 + gate if self.residual else gate
 
     def triplet_loss(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:
         head = self.triplet_head

@@ -147,6 +147,9 @@ def train(opts: TrainOptions) -> Path:
         if state["stage"] != opts.stage:
             raise MemoryTalkerError(f"{opts.out} holds a stage-{state['stage']} run; cannot resume it as stage {opts.stage}")
         optimizer.load_state_dict(state["optimizer"])
+        if opts.lr:  # an explicit --lr on resume continues at that rate (a step decay by hand)
+            for group in optimizer.param_groups:
+                group["lr"] = opts.lr
         start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
         log.info("resuming at epoch %d", start_epoch + 1)
 

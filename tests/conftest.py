@@ -27,12 +27,15 @@ def tiny_config(**overrides) -> MemoryTalkerConfig:
 
 
 def tiny_model(seed: int = 0, randomize_output: bool = True, **overrides) -> MemoryTalker:
-    """A tiny model; the zero-initialised output projection is randomised so motion is not all zero."""
+    """A tiny model; the zero-initialised output projection (and, for a stylized model, the
+    zero-initialised style scale) is randomised so motion and style are not trivial."""
     torch.manual_seed(seed)
     model = MemoryTalker(tiny_config(**overrides))
     if randomize_output:
         with torch.no_grad():
             model.output_proj.weight.normal_(0, 0.05)
+            if model.config.stylized:
+                model.style_encoder.to_scale.weight.normal_(0, 0.5)
     return model.eval()
 
 

@@ -79,7 +79,7 @@ def official_state_dict(model: MemoryTalker, stage: int) -> dict[str, torch.Tens
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_official_layout_state_dict_imports(tmp_path, stage):
-    model = tiny_model(seed=4, stylized=stage == 2)
+    model = tiny_model(seed=4, stylized=stage == 2, style_weights="product")
     torch.save({"state_dict": official_state_dict(model, stage)}, tmp_path / "official.pth")
     report = import_official(tmp_path / "official.pth", tmp_path / "out", tiny_config())
     assert report["stage"] == stage and report["unexpected"] == []

@@ -126,6 +126,17 @@ def test_style_weights_are_per_sample_not_batch_averaged():
     torch.testing.assert_close(bank[1], w[1][:, None] * model.memory.slots)
 
 
+def test_stage_two_starts_from_the_stage_one_memory_unchanged():
+    model = tiny_model(stylized=True, randomize_output=False)
+    with torch.no_grad():
+        model.output_proj.weight.normal_(0, 0.05)
+    wave = torch.randn(16000)
+    torch.testing.assert_close(model.style_encoder.weights(model.style_encoder.embed([wave])), torch.ones(1, 32))
+    torch.testing.assert_close(model([wave], [30]), model([wave], [30], style_strength=0.0))
+    imported = tiny_model(stylized=True, style_weights="product")
+    assert not torch.allclose(imported.style_encoder.weights(imported.style_encoder.embed([wave])), torch.ones(1, 32))
+
+
 def test_style_strength_interpolates_between_generic_and_stylized_memory():
     model = tiny_model(stylized=True)
     f_s = model.style_encoder.embed([torch.randn(16000)])

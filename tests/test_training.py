@@ -80,6 +80,10 @@ def test_train_cli_checkpoints_every_epoch_selects_on_val_and_resumes_reproducib
     straight = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    decayed = [a if a != "1e-3" else "5e-4" for a in common]
+    assert main([*decayed, "--out", str(tmp_path / "resumed"), "--epochs", "3", "--resume"]) == 0
+    state = torch.load(tmp_path / "resumed" / "training_state.pt", weights_only=True)
+    assert state["epoch"] == 2 and {g["lr"] for g in state["optimizer"]["param_groups"]} == {5e-4}
     history = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and all("val_LVE" in h for h in history)
     best_epoch = min(history, key=lambda h: h["val_LVE"])["epoch"]
