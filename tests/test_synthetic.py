@@ -12,7 +12,7 @@ import pytest
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset
 from model_core.errors import MemoryTalkerError
-from model_core.synthetic.corpus import speak, synthesize_corpus
+from model_core.synthetic.corpus import Pauses, speak, synthesize_corpus
 from model_core.synthetic.head import demo_head
 from model_core.synthetic.rig import Rig
 from model_core.synthetic.speakers import make_speakers, speaker_template
@@ -149,3 +149,20 @@ def test_bad_arguments_get_clear_errors(tmp_path, capsys):
         synthesize_corpus(blocker / "corpus", speakers=1, sentences=1)
     assert main(["synth", "--out", str(tmp_path / "y"), "--speakers", "0"]) == 2
     assert "error: --speakers must be at least 1" in capsys.readouterr().err
+
+
+def test_clips_start_and_end_with_quiet_pauses_and_a_closed_mouth(articulation):
+    head, rig, espeak = articulation
+    speaker = make_speakers(4, seed=3)[0]
+    pauses = Pauses(lead=0.4, trail=0.3, noise_db=-60.0, seed=1)
+    text = "Father saw a large cat."
+    utterance, _, vertices = speak(speaker, text, espeak, rig, head, speaker_template(head, speaker.identity), pauses)
+    rate = utterance.sample_rate
+    last = utterance.phonemes[-1]
+    assert last[0] == "_" and last[2] == len(utterance.samples) / rate and last[2] - last[1] >= 0.3
+    lead = utterance.samples[:int(0.35 * rate)]
+    assert 20 * np.log10(np.sqrt(np.mean(lead ** 2))) == pytest.approx(-60.0, abs=1.0)  # room tone, not digital zero
+    assert utterance.phonemes[0] == ("_", 0.0, pytest.approx(0.4, abs=1e-3))
+    gap = aperture(head, vertices)
+    assert gap[:6].max() < 0.001 and gap[-2:].max() < 0.001  # mouth at rest in the pauses (after a release ramp)
+    assert gap.max() > 0.006

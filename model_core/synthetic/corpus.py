@@ -1,6 +1,6 @@
 """`python -m model_core synth`: a talking-head corpus in the VOCASET layout, with ground truth.
 
-    OUT/wav/SpeakerNN_sentenceMM.wav          espeak-ng speech, 22.05 kHz, 16-bit
+    OUT/wav/SpeakerNN_sentenceMM.wav          espeak-ng speech between 0.1-0.6 s pauses of room tone, 22.05 kHz, 16-bit
     OUT/vertices_npy/SpeakerNN_sentenceMM.npy  (frames x 3V) at 30 fps, float32 (or float16)
     OUT/params/SpeakerNN_sentenceMM.npy        (frames x 8) articulation parameters (ground truth)
     OUT/phonemes/SpeakerNN_sentenceMM.json     [[IPA phoneme, start s, end s], ...] ("_" = silence)
@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,12 @@ from .head import DemoHead, demo_head
 from .rig import PARAMETERS, Rig
 from .sentences import sentences as make_sentences
 from .speakers import Speaker, asymmetric, make_speakers, speaker_template
-from .speech import FLITE_PREFIX, ESpeak, Flite, synthesizer_for
+from .speech import FLITE_PREFIX, ESpeak, Flite, Utterance, synthesizer_for
 from .visemes import ENGLISH_PHONEMES, expand, trajectory
 
 FPS = 30
+PAUSE_SECONDS = (0.1, 0.6)  # leading and trailing silence of each clip, drawn uniformly
+ROOM_TONE_DB = (-70.0, -45.0)
 MAX_SENTENCES = 99  # the loader reads two-digit sentence numbers
 
 
@@ -60,27 +63,56 @@ def _prepare_state(out: Path, dtype: str, speakers: list[Speaker]) -> None:
                   templates={s.name: speaker_template(head, s.identity) for s in speakers})
 
 
-def speak(speaker: Speaker, text: str, synthesizer, rig: Rig, head: DemoHead, template: np.ndarray):
+@dataclass(frozen=True)
+class Pauses:
+    """Silence around a sentence: recorded dialogue lines start and end with room tone, and a model
+    that never heard a pause opens the mouth in one (measured: 13-14 mm on a model trained without)."""
+    lead: float  # seconds
+    trail: float
+    noise_db: float  # the room tone's level, dB relative to full scale
+    seed: int
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Pauses":
+        return cls(float(rng.uniform(*PAUSE_SECONDS)), float(rng.uniform(*PAUSE_SECONDS)),
+                   float(rng.uniform(*ROOM_TONE_DB)), int(rng.integers(2**31)))
+
+    def apply(self, utterance: Utterance) -> Utterance:
+        rate = utterance.sample_rate
+        lead, trail = int(round(self.lead * rate)), int(round(self.trail * rate))
+        tone = np.random.default_rng(self.seed).standard_normal(lead + len(utterance.samples) + trail)
+        samples = (tone * 10 ** (self.noise_db / 20)).astype(np.float32)
+        samples[lead:lead + len(utterance.samples)] += utterance.samples
+        shift = lead / rate
+        phonemes = [(name, start + shift, end + shift) for name, start, end in utterance.phonemes]
+        end = len(samples) / rate
+        return Utterance(samples, rate, [("_", 0.0, shift), *phonemes, ("_", phonemes[-1][2] if phonemes else shift, end)])
+
+
+def speak(speaker: Speaker, text: str, synthesizer, rig: Rig, head: DemoHead, template: np.ndarray,
+          pauses: Pauses | None = None):
     """One sentence by one speaker: (utterance with phoneme timings, parameters (T, 8), vertices (T, V, 3))."""
     voice = speaker.voice
     utterance = synthesizer.synthesize(text, voice.name, voice.rate, voice.pitch, voice.pitch_range, voice.volume)
+    if pauses is not None:
+        utterance = pauses.apply(utterance)
     frames = max(1, int(round(len(utterance.samples) / utterance.sample_rate * FPS)))
     params = speaker.style.scale(trajectory(utterance.phonemes, frames, FPS, speaker.style.smoothness))
     motion = asymmetric(rig.displacements(params), head, speaker.style.asymmetry)
     return utterance, params, template[None] + motion
 
 
-def _speaker_clips(job: tuple[str, list[str]]) -> list[tuple[float, list[str]]]:
+def _speaker_clips(job: tuple[str, list[str], list[Pauses]]) -> list[tuple[float, list[str]]]:
     """All sentences of one speaker, in order, in a fresh process: espeak-ng's output depends on what
     the process synthesised before, so this makes every file independent of the number of workers."""
-    speaker_name, texts = job
+    speaker_name, texts, pauses = job
     speaker = _state["speakers"][speaker_name]
     synthesizer = synthesizer_for(speaker.voice.name, None if speaker.voice.name.startswith(FLITE_PREFIX)
                                   else ESpeak(fresh=True))
     results = []
-    for number, text in enumerate(texts, start=1):
+    for number, (text, pause) in enumerate(zip(texts, pauses), start=1):
         utterance, params, vertices = speak(speaker, text, synthesizer, _state["rig"],
-                                            _state["head"], _state["templates"][speaker_name])
+                                            _state["head"], _state["templates"][speaker_name], pause)
         name = f"{speaker_name}_sentence{number:02d}"
         out: Path = _state["out"]
         sf.write(out / "wav" / f"{name}.wav", utterance.samples, utterance.sample_rate, subtype="PCM_16")
@@ -126,7 +158,10 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
     _check_folder(out)
     started = time.perf_counter()
     head = demo_head()
-    jobs = [(s.name, make_sentences(sentences, seed * 1000 + i)) for i, s in enumerate(cast)]
+    jobs = []
+    for i, s in enumerate(cast):
+        rng = np.random.default_rng([seed, 2, i])
+        jobs.append((s.name, make_sentences(sentences, seed * 1000 + i), [Pauses.draw(rng) for _ in range(sentences)]))
     _prepare_state(out, dtype, cast)  # built once here; the forked workers inherit it
     durations, seen = [], set()
     context = multiprocessing.get_context("fork")
