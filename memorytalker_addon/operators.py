@@ -1,7 +1,8 @@
 """The operators: generate a take (modal in the interface, synchronous in background mode), cancel,
-and remove a take."""
+remove a take, and add the demo head the bundled model animates."""
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -73,9 +74,13 @@ def prepare_job(context, operator) -> Job:
     except models.ModelFolderError as error:
         raise GenerationError(str(error)) from None
     count = len(obj.data.vertices)
+    if count != expected and opt("model_source") == 'BUNDLED':
+        raise GenerationError(f"'{obj.name}' has {count} vertices but the bundled demo model animates the demo "
+                              f"head ({expected}); click 'Add demo head', or choose a model folder trained for your mesh")
     if count != expected:
         raise GenerationError(f"'{obj.name}' has {count} vertices but the model animates {expected} "
-                              "(FLAME topology); select a head mesh with the model's topology")
+                              f"({'FLAME topology' if expected == 5023 else 'its training mesh'}); "
+                              "select a head mesh with the model's topology")
     start = opt("start_frame")
     add_sound = opt("add_sound_strip")
     if opt("audio_source") == 'STRIP':
@@ -266,4 +271,32 @@ class MEMORYTALKER_OT_remove_take(bpy.types.Operator):
         return {'FINISHED'}
 
 
-CLASSES = (MEMORYTALKER_OT_generate, MEMORYTALKER_OT_cancel, MEMORYTALKER_OT_remove_take)
+class MEMORYTALKER_OT_add_demo_head(bpy.types.Operator):
+    """Add the demo head that the bundled model animates, at the 3D cursor, and select it"""
+
+    bl_idname = "memorytalker.add_demo_head"
+    bl_label = "Add demo head"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    def execute(self, context):
+        path = models.BUNDLED_MODEL / models.DEMO_HEAD_FILE
+        try:
+            vertices, faces = models.read_obj(path)
+        except (OSError, ValueError) as error:
+            self.report({'ERROR'}, f"cannot read the demo head {path}: {error}")
+            return {'CANCELLED'}
+        mesh = bpy.data.meshes.new("DemoHead")
+        mesh.from_pydata(vertices, [], faces)
+        mesh.shade_smooth()
+        obj = bpy.data.objects.new("DemoHead", mesh)
+        obj.location = context.scene.cursor.location
+        obj.rotation_euler = (math.pi / 2, 0.0, 0.0)  # the head is y-up (like FLAME); Blender is z-up
+        context.collection.objects.link(obj)
+        for other in context.selected_objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        return {'FINISHED'}
+
+
+CLASSES = (MEMORYTALKER_OT_generate, MEMORYTALKER_OT_cancel, MEMORYTALKER_OT_remove_take, MEMORYTALKER_OT_add_demo_head)

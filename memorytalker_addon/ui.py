@@ -34,6 +34,8 @@ class MEMORYTALKER_PT_panel(bpy.types.Panel):
         box.prop(options, "model_source", text="")
         if options.model_source == 'FOLDER':
             box.prop(options, "model_folder", text="")
+        else:
+            box.operator("memorytalker.add_demo_head", icon='MESH_MONKEY')
         box.prop(options, "device")
 
         box = layout.box()

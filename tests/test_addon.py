@@ -400,6 +400,7 @@ def test_the_panel_draws_in_every_state(scene, model_dir, speech):
     options = scene.memorytalker
     drawn = draw_panel(context)
     assert ("operator", "memorytalker.generate") in drawn and ("prop", "audio_path") in drawn
+    assert ("operator", "memorytalker.add_demo_head") in drawn  # the bundled model is the default
     options.audio_source, options.model_source, options.mode = 'STRIP', 'FOLDER', 'PC2'
     drawn = draw_panel(context)
     assert ("prop", "model_folder") in drawn and ("prop", "tolerance_mm") not in drawn
@@ -413,3 +414,15 @@ def test_the_panel_draws_in_every_state(scene, model_dir, speech):
     drawn = draw_panel(context)
     assert ("operator", "memorytalker.cancel") in drawn and ("operator", "memorytalker.generate") not in drawn
     context.window_manager.memorytalker_running = False
+
+
+def test_the_bundled_model_animates_the_demo_head_it_adds(scene, speech):
+    with pytest.raises(RuntimeError, match="the bundled demo model animates the demo head .4844.; click 'Add demo head'"):
+        bpy.ops.memorytalker.generate('EXEC_DEFAULT', audio_path=str(speech), device='CPU')  # the bundled model
+    assert "Head" in bpy.data.objects and bpy.data.objects["Head"].data.shape_keys is None
+    assert bpy.ops.memorytalker.add_demo_head() == {'FINISHED'}
+    head = bpy.context.view_layer.objects.active
+    assert head.name == "DemoHead" and len(head.data.vertices) == 4844 and head.select_get()
+    assert bpy.ops.memorytalker.generate('EXEC_DEFAULT', audio_path=str(speech), device='CPU') == {'FINISHED'}
+    names = [key.name for key in head.data.shape_keys.key_blocks]
+    assert names[0] == "Basis" and len(names) > 1
