@@ -1,12 +1,13 @@
 """Inference benchmark (not a test): a HuBERT-base-size MemoryTalker with random weights on FLAME
-topology (5023 vertices), end to end from an audio file to a written .npy.
+topology (5023 vertices), or the model folder given with --model (for example the bundled demo
+model), end to end from an audio file to a written .npy.
 
 Reports seconds per 10 s and per 60 s of audio, the share of that time spent in the bare backbone
 forward (the HuBERT CNN + transformer + CTC head, timed inside the same run by hooks), and the
 peak RSS and time of `python -m model_core animate` on a 1-minute and a 10-minute file (separate
 processes; the difference gives the marginal cost per minute, i.e. whether time is linear).
 
-    python benchmarks/bench_inference.py [--device cpu|cuda] [--out benchmarks/results]
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--model DIR] [--out benchmarks/results]
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from model_core import Animator, MemoryTalker, MemoryTalkerConfig, load_audio, save_model
+from model_core import Animator, MemoryTalker, MemoryTalkerConfig, load_audio, load_model, save_model
 from model_core.config import hubert_base_config
 from model_core.motion_io import MotionWriter
 
@@ -111,17 +112,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long-minutes", type=float, default=10.0)
+    parser.add_argument("--model", type=Path, help="a model folder (default: HuBERT-base size, random weights)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    config = MemoryTalkerConfig(backbone=None, backbone_config=hubert_base_config(), stylized=True)
-    model = MemoryTalker(config).eval()
-    with torch.no_grad():
-        model.output_proj.weight.normal_(0, 1e-3)
+    if args.model:
+        model = load_model(args.model).eval()
+        config = model.config
+    else:
+        config = MemoryTalkerConfig(backbone=None, backbone_config=hubert_base_config(), stylized=True)
+        model = MemoryTalker(config).eval()
+        with torch.no_grad():
+            model.output_proj.weight.normal_(0, 1e-3)
     animator = Animator(model, args.device)
     clock = BackboneClock(model.audio_encoder)
     params = sum(p.numel() for p in model.parameters())
-    results: dict = {"device": args.device, "torch_threads": torch.get_num_threads(), "parameters_millions": params / 1e6,
+    results: dict = {"model": str(args.model or "hubert-base size, random weights"),
+                     "device": args.device, "torch_threads": torch.get_num_threads(), "parameters_millions": params / 1e6,
                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "clips": {}}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,8 +169,9 @@ def main() -> None:
         results["marginal_seconds_per_minute"] = (long["wall_s"] - short["wall_s"]) / (args.long_minutes - 1.0)
         print(f"marginal cost: {results['marginal_seconds_per_minute']:.2f} s per minute of audio", flush=True)
 
-    (args.out / f"inference_{args.device}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved {args.out / f'inference_{args.device}.json'}")
+    saved = args.out / f"inference_{args.device}{'_' + args.model.name if args.model else ''}.json"
+    saved.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {saved}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""The bundled demo model (model_core/models/demo): loads offline and talks plausibly."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_core import Animator, load_model
+from model_core.checkpoint import BUNDLED_MODEL
+from model_core.synthetic.head import demo_head
+from model_core.synthetic.speech import ESpeak
+from model_core.synthetic.visemes import BILABIAL, expand
+
+SENTENCE = "Bob and Pam bought a map, but the cat sat far away."
+STRENGTHS = (0.0, 0.5, 1.0)
+
+
+@pytest.fixture(scope="module")
+def spoken():
+    utterance = ESpeak().synthesize(SENTENCE, "en-us-nyc+m7", rate=165, pitch=35)  # a voice unseen in training
+    model = load_model(BUNDLED_MODEL)
+    animator = Animator(model, "cpu")
+    motions = {s: animator.animate(utterance.samples, fps=30, style_strength=s, sample_rate=utterance.sample_rate)
+               for s in STRENGTHS}
+    return model, utterance, motions
+
+
+def lip_aperture(displacements: np.ndarray) -> np.ndarray:
+    """Distance between the upper and lower lip centres of the demo head, per frame (metres)."""
+    head = demo_head()
+    lips = head.vertices[None] + displacements
+    return np.linalg.norm(lips[:, head.landmarks["upper_lip_center"]] - lips[:, head.landmarks["lower_lip_center"]], axis=1)
+
+
+def test_the_bundled_model_loads_and_gives_motion_of_the_right_length(spoken):
+    model, utterance, motions = spoken
+    assert model.config.num_vertices == len(demo_head().vertices) and model.config.stylized
+    assert model.config.vocabulary is not None and len(model.config.vocabulary) == model.config.mem_slots
+    frames = round(len(utterance.samples) / utterance.sample_rate * 30)
+    assert motions[1.0].displacements.shape == (frames, len(demo_head().vertices), 3)
+    assert np.isfinite(motions[1.0].displacements).all()
+
+
+def apertures_at(utterance, aperture: np.ndarray, names: set[str], margin: int = 0) -> list[float]:
+    """The smallest aperture within `margin` frames of each segment of the given phonemes."""
+    out = []
+    for name, start, end in expand(utterance.phonemes):
+        if name in names:
+            first = max(int(start * 30) - margin, 0)
+            last = min(int(np.ceil(end * 30)) + margin, len(aperture) - 1)
+            out.append(float(aperture[first:last + 1].min() if margin else aperture[min(int((start + end) / 2 * 30), len(aperture) - 1)]))
+    return out
+
+
+def test_it_opens_the_mouth_on_vowels_more_than_on_bilabials(spoken):
+    _, utterance, motions = spoken
+    aperture = lip_aperture(motions[1.0].displacements)
+    closed = apertures_at(utterance, aperture, BILABIAL)
+    opened = apertures_at(utterance, aperture, {"a", "ɑ", "æ", "ɔ"})
+    assert len(closed) >= 4 and len(opened) >= 4
+    assert np.median(opened) > 0.008  # open vowels: the mouth opens by more than 8 mm
+    assert np.median(closed) < 0.8 * np.median(opened)
+
+
+@pytest.mark.xfail(strict=True, reason="the CPU-trained demo model keeps the lips 4-5 mm apart at best on p, b, m "
+                                       "(docs/model_card.md); a better-trained model makes this pass")
+def test_it_closes_the_lips_on_bilabials(spoken):
+    _, utterance, motions = spoken
+    aperture = lip_aperture(motions[1.0].displacements)
+    closest = apertures_at(utterance, aperture, BILABIAL, margin=1)
+    assert np.median(closest) < 0.002  # lips within 2 mm around most p, b, m
+
+
+def test_style_strength_changes_the_motion_monotonically(spoken):
+    _, _, motions = spoken
+    base = motions[0.0].displacements
+    change = [float(np.abs(motions[s].displacements - base).mean()) for s in STRENGTHS[1:]]
+    assert 0.0 < change[0] < change[1]
+    # and the change is a steady one: halfway in strength is roughly halfway in motion
+    assert 0.3 < change[0] / change[1] < 0.7
+
+
+def test_the_model_card_shows_the_table_its_command_wrote():
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("model_card_table", root / "scripts" / "model_card_table.py")
+    table_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table_script)
+    document = json.loads((root / "docs" / "model_card_results.json").read_text())
+    assert [label for label, _, _ in table_script.ROWS] == list(document["results"])
+    assert table_script.render(document) in (root / "docs" / "model_card.md").read_text()
