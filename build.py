@@ -44,7 +44,6 @@ TORCH_VERSION = "2.13.0"
 # its Windows and macOS torch are CPU builds.
 TORCH_INDEX = {
     ("cpu", "linux-x64"): "https://download.pytorch.org/whl/cpu",
-    ("cpu", "windows-x64"): "https://download.pytorch.org/whl/cpu",
     ("cuda", "windows-x64"): "https://download.pytorch.org/whl/cu128",
 }
 # The extension's own run-time needs (the synthetic-corpus speech engine stays out).
@@ -52,9 +51,13 @@ RUNTIME_REQUIREMENTS = ["transformers", "safetensors", "soundfile", "soxr", "tqd
 # Blender's Python already has these; bundling them would shadow Blender's own copies for every
 # add-on (numpy 2 over Blender's 1.26 breaks them).
 BLENDER_SHIPS = {"numpy", "requests", "certifi", "idna", "urllib3", "charset-normalizer", "zstandard", "cython"}
-# Dependencies that pip leaves out when it resolves for another OS than the one it runs on
-# (environment markers are evaluated for this machine): tqdm and click need colorama on Windows.
+# pip evaluates environment markers for the machine it runs on, not the target. So resolving from
+# Linux for Windows leaves out colorama (tqdm and click need it there), and torch's Linux-only
+# nvidia-* requirements are asked for on every platform. Off Linux, torch is therefore fetched
+# without its requirements and these (its requirements there) are fetched with the rest.
 PLATFORM_EXTRAS = {"windows-x64": ["colorama"]}
+TORCH_REQUIREMENTS_OFF_LINUX = ["filelock", "typing-extensions>=4.10.0", "setuptools>=77.0.3", "sympy>=1.13.3",
+                                "networkx>=2.5.1", "jinja2", "fsspec>=0.8.5"]
 EXCLUDED_PARTS = {"__pycache__", ".pytest_cache"}
 EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -100,7 +103,10 @@ def download_wheels(target: Target, torch: str, wheelhouse: Path | None, cache: 
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    requirements = RUNTIME_REQUIREMENTS + torch_requirement(torch, target.platform) + PLATFORM_EXTRAS.get(target.platform, [])
+    torch_pin = torch_requirement(torch, target.platform)
+    separate_torch = bool(torch_pin) and not target.platform.startswith("linux")
+    requirements = RUNTIME_REQUIREMENTS + PLATFORM_EXTRAS.get(target.platform, [])
+    requirements += TORCH_REQUIREMENTS_OFF_LINUX if separate_torch else torch_pin
     command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
                "--only-binary=:all:", "--python-version", target.python, "--implementation", "cp",
                "--abi", target.abi, "--dest", str(folder)]
@@ -114,11 +120,13 @@ def download_wheels(target: Target, torch: str, wheelhouse: Path | None, cache: 
             command.insert(command.index("download") + 1, "--isolated")
         if (torch, target.platform) in TORCH_INDEX:
             command += ["--extra-index-url", TORCH_INDEX[torch, target.platform]]
-    done = subprocess.run(command + requirements, capture_output=True, text=True)
-    if done.returncode != 0:
-        where = f"in {wheelhouse}" if wheelhouse else "on the package index"
-        raise BuildError(f"could not get the wheels for {target.platform} / Python {target.python} {where}:\n"
-                         + done.stderr.strip()[-2000:])
+    calls = [command + requirements] + ([command + ["--no-deps"] + torch_pin] if separate_torch else [])
+    for call in calls:
+        done = subprocess.run(call, capture_output=True, text=True)
+        if done.returncode != 0:
+            where = f"in {wheelhouse}" if wheelhouse else "on the package index"
+            raise BuildError(f"could not get the wheels for {target.platform} / Python {target.python} {where}:\n"
+                             + done.stderr.strip()[-2000:])
     wheels = sorted(p for p in folder.glob("*.whl") if wheel_project(p) not in BLENDER_SHIPS)
     if torch == "none":
         wheels = [w for w in wheels if not wheel_project(w).startswith(("torch", "nvidia-", "triton"))]
