@@ -23,10 +23,12 @@ FORMAT = "memorytalker"
 FORMAT_VERSION = 1
 
 
-def save_model(model: MemoryTalker, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_model(model: MemoryTalker, folder: str | Path, metadata: dict[str, Any] | None = None,
+               weights_dtype: torch.dtype | None = None) -> Path:
+    """`weights_dtype=torch.float16` halves the file (a shipped model); loading casts back to float32."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(weights_dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                 "metadata": metadata or {}}

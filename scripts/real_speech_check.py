@@ -50,12 +50,13 @@ def align(samples: np.ndarray, text: str) -> list[tuple[str, float, float]]:
     pcm = (np.clip(samples / max(np.abs(samples).max(), 1e-9), -1, 1) * 32767).astype(np.int16).tobytes()
     decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
     decoder.set_align_text(text)
-    for _ in range(2):  # the first pass finds the words, the second the phones within them
-        decoder.start_utt()
-        decoder.process_raw(pcm, full_utt=True)
-        decoder.end_utt()
-        if _ == 0:
-            decoder.set_alignment()
+    decoder.start_utt()  # the first pass finds the words, the second the phones within them
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    decoder.set_alignment()
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
     frame = 0.01
     return [(phone.name, phone.start * frame, (phone.start + phone.duration) * frame)
             for word in decoder.get_alignment() for phone in word if phone.name != "SIL"]

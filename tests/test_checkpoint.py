@@ -148,3 +148,15 @@ def test_import_official_defaults_to_the_built_in_hubert_base_architecture(tmp_p
     assert imported.config.backbone_config["hidden_size"] == 768 and imported.config.num_vertices == 50
     for key, value in big.audio_encoder.state_dict().items():
         assert torch.equal(imported.audio_encoder.state_dict()[key], value), key
+
+
+def test_a_float16_model_folder_is_half_the_size_and_loads_as_float32(tmp_path):
+    model = tiny_model(seed=2)
+    save_model(model, tmp_path / "full")
+    save_model(model, tmp_path / "half", weights_dtype=torch.float16)
+    full, half = ((tmp_path / n / "model.safetensors").stat().st_size for n in ("full", "half"))
+    assert half < 0.55 * full
+    loaded = load_model(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    audio = [torch.randn(16000)]
+    torch.testing.assert_close(loaded(audio, [30]), model(audio, [30]), atol=1e-3, rtol=1e-2)
