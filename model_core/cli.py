@@ -24,6 +24,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder: last/, best/, history.json")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, help="learning rate (default: 1e-4 stage 1, 5e-5 stage 2)")
+    p.add_argument("--adam-eps", type=float,
+                   help="Adam's epsilon (default 1e-12: gradients of metre-scale motion are about PyTorch's 1e-8)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -114,7 +116,8 @@ def run_train(args) -> int:
     best = train(TrainOptions(stage=args.stage, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
-                              num_workers=args.num_workers, no_memory=args.no_memory))
+                              num_workers=args.num_workers, no_memory=args.no_memory,
+                              **({} if args.adam_eps is None else {"adam_eps": args.adam_eps})))
     print(f"best model: {best}")
     return 0
 

@@ -224,12 +224,18 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
     def audio(self, index: int) -> np.ndarray:
         return load_audio(self.items[index].wav, self.sample_rate).samples
 
-    def phonemes(self, index: int) -> list[str] | None:
-        """The clip's phoneme labels (silence left out), or None when the dataset has none."""
+    def phoneme_segments(self, index: int) -> list[tuple[str, float, float]] | None:
+        """The clip's timed phonemes [(phoneme, start_s, end_s)], silence "_" included, or None
+        when the dataset has none."""
         path = self.info.root / "phonemes" / f"{self.items[index].name}.json"
         if not path.exists():
             return None
-        return [str(p[0]) for p in json.loads(path.read_text(encoding="utf-8")) if p[0] != "_"]
+        return [(str(p), float(start), float(end)) for p, start, end in json.loads(path.read_text(encoding="utf-8"))]
+
+    def phonemes(self, index: int) -> list[str] | None:
+        """The clip's phoneme labels (silence left out), or None when the dataset has none."""
+        segments = self.phoneme_segments(index)
+        return None if segments is None else [p for p, _, _ in segments if p != "_"]
 
     def vertices(self, index: int) -> np.ndarray:
         item = self.items[index]
@@ -246,7 +252,7 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
             "audio": torch.from_numpy(self.audio(index)),
             "vertices": torch.from_numpy(self.vertices(index)),
             "template": torch.from_numpy(self.info.templates[item.subject].reshape(-1)),
-            "phonemes": self.phonemes(index),
+            "phoneme_segments": self.phoneme_segments(index),
         }
         if self.triplets:
             rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -268,13 +274,18 @@ class Batch:
     templates: torch.Tensor  # (B, 3V)
     positive_waveforms: list[torch.Tensor] = field(default_factory=list)
     negative_waveforms: list[torch.Tensor] = field(default_factory=list)
-    phonemes: list[list[str] | None] = field(default_factory=list)  # labels for the asr stage
+    phoneme_segments: list[list[tuple[str, float, float]] | None] = field(default_factory=list)  # for the asr stage
+
+    @property
+    def phonemes(self) -> list[list[str] | None]:
+        """The clips' phoneme labels without silence (the CTC targets)."""
+        return [None if s is None else [p for p, _, _ in s if p != "_"] for s in self.phoneme_segments]
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda ws: [w.to(device) for w in ws]  # noqa: E731
         return Batch(self.names, self.subjects, move(self.waveforms), self.frame_counts, self.vertices.to(device),
                      self.templates.to(device), move(self.positive_waveforms), move(self.negative_waveforms),
-                     self.phonemes)
+                     self.phoneme_segments)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -292,5 +303,5 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         templates=torch.stack([s["template"] for s in samples]),
         positive_waveforms=[s["positive_audio"] for s in samples if "positive_audio" in s],
         negative_waveforms=[s["negative_audio"] for s in samples if "negative_audio" in s],
-        phonemes=[s.get("phonemes") for s in samples],
+        phoneme_segments=[s.get("phoneme_segments") for s in samples],
     )

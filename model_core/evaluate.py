@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from .data import DatasetInfo, TalkingFaceDataset
+from .losses import frame_labels
 from .metrics import MetricAccumulator
 from .model import MemoryTalker
 
@@ -51,22 +52,29 @@ def greedy_ctc(logits: torch.Tensor, vocabulary: list[str]) -> list[str]:
 
 
 @torch.inference_mode()
-def phoneme_error_rate(model: MemoryTalker, info: DatasetInfo, split: str = "val", progress: bool = False) -> float:
-    """Edit distance between the backbone's greedy CTC transcription and the labels, per label phoneme."""
+def phoneme_recognition(model: MemoryTalker, info: DatasetInfo, split: str = "val", progress: bool = False) -> dict[str, float]:
+    """The backbone as a phoneme recogniser: PER, the edit distance between its greedy CTC
+    transcription and the labels per label phoneme; frame_accuracy, the share of frames whose most
+    likely token is the phoneme sounding there (the blank in silence), i.e. whether the memory is
+    addressed at the right time."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     dataset = TalkingFaceDataset(info, split, model.config.sample_rate)
-    errors = total = 0
+    errors = total = frames_right = frames = 0
     for i in tqdm(range(len(dataset)), desc=f"PER {split}", disable=not progress, leave=False):
+        segments = dataset.phoneme_segments(i)
         labels = dataset.phonemes(i)
         audio = dataset.audio(i)
-        frames = max(1, int(round(len(audio) / model.config.sample_rate * model.config.fps)))
-        logits, _ = model.audio_encoder([torch.from_numpy(audio).to(device)], [frames])
+        count = max(1, int(round(len(audio) / model.config.sample_rate * model.config.fps)))
+        logits, _ = model.audio_encoder([torch.from_numpy(audio).to(device)], [count])
         errors += edit_distance(greedy_ctc(logits[0], model.config.vocabulary), labels)
         total += len(labels)
+        truth = frame_labels(segments, count, model.config.fps, model.config.vocabulary)
+        frames_right += int((logits[0, :count].argmax(-1).cpu() == truth).sum())
+        frames += count
     model.train(was_training)
-    return errors / max(total, 1)
+    return {"PER": errors / max(total, 1), "frame_accuracy": frames_right / max(frames, 1)}
 
 
 def format_table(results: dict[str, float]) -> str:

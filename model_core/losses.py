@@ -39,20 +39,39 @@ def stage1_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
     return losses
 
 
+def frame_labels(segments: list[tuple[str, float, float]], frames: int, fps: float, vocabulary: list[str]) -> torch.Tensor:
+    """The vocabulary index of the phoneme sounding at each frame's centre; silence, gaps and
+    phonemes outside the vocabulary are the blank (0)."""
+    index = {token: i for i, token in enumerate(vocabulary)}
+    labels = torch.zeros(frames, dtype=torch.long)
+    centres = (torch.arange(frames, dtype=torch.float64) + 0.5) / fps
+    for phoneme, start, end in segments:
+        if phoneme in index:
+            labels[(centres >= start) & (centres < end)] = index[phoneme]
+    return labels
+
+
 def asr_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
-    """CTC between the backbone's logits (at the motion frame rate) and the clips' phoneme labels;
-    token 0 of the model's vocabulary is the blank."""
+    """CTC between the backbone's logits (at the motion frame rate) and the clips' phoneme labels,
+    plus a frame-wise cross-entropy on the phoneme sounding at each frame (token 0, the blank, in
+    silence). CTC alone is free to place its spikes anywhere; measured on the demo corpus they ran
+    about 150 ms ahead of the sound, so the memory slot of a phoneme was read before the phoneme.
+    The frame term ties each slot to the frames where its phoneme is heard."""
     vocabulary = model.config.vocabulary
     index = {token: i for i, token in enumerate(vocabulary)}
-    if any(labels is None for labels in batch.phonemes):
+    if any(segments is None for segments in batch.phoneme_segments):
         raise ValueError("the asr stage needs phoneme labels (phonemes/NAME.json) for every clip")
     logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
-    log_probs = torch.log_softmax(logits.float(), -1).transpose(0, 1)  # (T, B, V)
+    log_probs = torch.log_softmax(logits.float(), -1)  # (B, T, V)
     targets = [torch.tensor([index[p] for p in labels if p in index], dtype=torch.long) for labels in batch.phonemes]
-    loss = torch.nn.functional.ctc_loss(
-        log_probs, torch.cat(targets).to(logits.device), torch.tensor(batch.frame_counts),
+    ctc = torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), torch.cat(targets).to(logits.device), torch.tensor(batch.frame_counts),
         torch.tensor([len(t) for t in targets]), blank=0, reduction="mean", zero_infinity=True)
-    return {"ctc": loss, "total": loss}
+    per_frame = torch.nn.utils.rnn.pad_sequence(
+        [frame_labels(s, n, model.config.fps, vocabulary) for s, n in zip(batch.phoneme_segments, batch.frame_counts)],
+        batch_first=True).to(logits.device)
+    frame = torch.nn.functional.nll_loss(log_probs[mask], per_frame[mask])
+    return {"ctc": ctc, "frame": frame, "total": ctc + frame}
 
 
 def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from model_core.checkpoint import load_model
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate
 from model_core.evaluate import edit_distance, greedy_ctc
-from model_core.losses import asr_losses
+from model_core.losses import asr_losses, frame_labels
 from model_core.train import TrainOptions, _new_stage1_model, phoneme_vocabulary, train
 from tests.conftest import tiny_backbone_config
 
@@ -45,13 +45,22 @@ def test_vocabulary_edit_distance_and_greedy_decoding(labelled):
     assert greedy_ctc(logits, vocabulary) == ["a", "a", "b"]
 
 
+def test_frame_labels_put_each_phoneme_on_the_frames_where_it_sounds():
+    vocabulary = ["<blank>", "a", "b", "m"]
+    segments = [("_", 0.0, 0.1), ("b", 0.1, 0.2), ("a", 0.2, 0.34), ("x", 0.34, 0.4), ("m", 0.4, 0.5)]
+    # frame centres at 30 fps: 0.017 0.05 0.083 | 0.117 0.15 0.183 | 0.217 ... 0.317 | 0.35 0.383 | 0.417 0.45 0.483 | ...
+    expected = [0, 0, 0, 2, 2, 2, 1, 1, 1, 1, 0, 0, 3, 3, 3, 0, 0]  # "x" is not in the vocabulary: blank
+    assert frame_labels(segments, 17, 30.0, vocabulary).tolist() == expected
+
+
 def test_asr_stage_trains_the_whole_backbone_and_stage1_starts_from_it(labelled, tmp_path):
     root, config = labelled
     best = train(TrainOptions(stage="asr", data=root, out=tmp_path / "asr", epochs=3, lr=3e-3, batch_size=4,
                               config=config, device="cpu", progress=False))
     history = json.loads((tmp_path / "asr" / "history.json").read_text())
     assert history[-1]["train_ctc"] < history[0]["train_ctc"]
-    assert all(0.0 <= h["val_PER"] <= 2.0 for h in history)
+    assert history[-1]["train_frame"] < history[0]["train_frame"]
+    assert all(0.0 <= h["val_PER"] <= 2.0 and 0.0 <= h["val_frame_accuracy"] <= 1.0 for h in history)
     model = load_model(best)
     assert model.config.vocabulary == ["<blank>", "a", "b", "i", "m", "s", "u"] and model.config.mem_slots == 7
     first = load_model(tmp_path / "asr" / "last")
