@@ -25,7 +25,10 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, help="learning rate (default: 1e-4 stage 1, 5e-5 stage 2)")
     p.add_argument("--adam-eps", type=float,
-                   help="Adam's epsilon (default 1e-12: gradients of metre-scale motion are about PyTorch's 1e-8)")
+                   help="Adam's epsilon (default PyTorch's 1e-8, about the size of the gradients of motion in metres)")
+    p.add_argument("--asr-frame-weight", type=float, default=0.0,
+                   help="asr stage: weight of a frame-wise phoneme cross-entropy beside CTC, from the labels' "
+                        "times (default 0: CTC only); it keeps each phoneme on its own frames")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -117,6 +120,7 @@ def run_train(args) -> int:
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
                               num_workers=args.num_workers, no_memory=args.no_memory,
+                              asr_frame_weight=args.asr_frame_weight,
                               **({} if args.adam_eps is None else {"adam_eps": args.adam_eps})))
     print(f"best model: {best}")
     return 0

@@ -51,12 +51,12 @@ def frame_labels(segments: list[tuple[str, float, float]], frames: int, fps: flo
     return labels
 
 
-def asr_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
-    """CTC between the backbone's logits (at the motion frame rate) and the clips' phoneme labels,
-    plus a frame-wise cross-entropy on the phoneme sounding at each frame (token 0, the blank, in
-    silence). CTC alone is free to place its spikes anywhere; measured on the demo corpus they ran
-    about 150 ms ahead of the sound, so the memory slot of a phoneme was read before the phoneme.
-    The frame term ties each slot to the frames where its phoneme is heard."""
+def asr_losses(model: MemoryTalker, batch: Batch, frame_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """CTC between the backbone's logits (at the motion frame rate) and the clips' phoneme labels;
+    token 0 of the model's vocabulary is the blank. With frame_weight > 0, plus that weight times a
+    frame-wise cross-entropy on the phoneme sounding at each frame (the blank in silence): CTC
+    alone may place its spikes anywhere in time (on the demo corpus about 150 ms ahead of the
+    sound), while the memory is addressed frame by frame."""
     vocabulary = model.config.vocabulary
     index = {token: i for i, token in enumerate(vocabulary)}
     if any(segments is None for segments in batch.phoneme_segments):
@@ -67,11 +67,13 @@ def asr_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
     ctc = torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1), torch.cat(targets).to(logits.device), torch.tensor(batch.frame_counts),
         torch.tensor([len(t) for t in targets]), blank=0, reduction="mean", zero_infinity=True)
+    if frame_weight == 0.0:
+        return {"ctc": ctc, "total": ctc}
     per_frame = torch.nn.utils.rnn.pad_sequence(
         [frame_labels(s, n, model.config.fps, vocabulary) for s, n in zip(batch.phoneme_segments, batch.frame_counts)],
         batch_first=True).to(logits.device)
     frame = torch.nn.functional.nll_loss(log_probs[mask], per_frame[mask])
-    return {"ctc": ctc, "frame": frame, "total": ctc + frame}
+    return {"ctc": ctc, "frame": frame, "total": ctc + frame_weight * frame}
 
 
 def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor) -> dict[str, torch.Tensor]:

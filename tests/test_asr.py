@@ -56,7 +56,7 @@ def test_frame_labels_put_each_phoneme_on_the_frames_where_it_sounds():
 def test_asr_stage_trains_the_whole_backbone_and_stage1_starts_from_it(labelled, tmp_path):
     root, config = labelled
     best = train(TrainOptions(stage="asr", data=root, out=tmp_path / "asr", epochs=3, lr=3e-3, batch_size=4,
-                              config=config, device="cpu", progress=False))
+                              config=config, device="cpu", progress=False, asr_frame_weight=1.0))
     history = json.loads((tmp_path / "asr" / "history.json").read_text())
     assert history[-1]["train_ctc"] < history[0]["train_ctc"]
     assert history[-1]["train_frame"] < history[0]["train_frame"]
@@ -87,7 +87,9 @@ def test_asr_loss_needs_labels_and_the_cli_says_what_is_missing(labelled, datase
     model = _new_stage1_model(TrainOptions(stage="asr", data=root, out=tmp_path / "x",
                                                                 config=config), info)
     batch = collate([TalkingFaceDataset(info, "train")[i] for i in range(2)])
-    assert torch.isfinite(asr_losses(model, batch)["total"])
+    ctc_only, with_frames = asr_losses(model, batch), asr_losses(model, batch, frame_weight=0.5)
+    assert set(ctc_only) == {"ctc", "total"} and torch.isfinite(ctc_only["total"])
+    assert torch.allclose(with_frames["total"], with_frames["ctc"] + 0.5 * with_frames["frame"])
     code = main(["train", "--stage", "asr", "--data", str(dataset_dir), "--out", str(tmp_path / "y"),
                  "--config", str(config), "--epochs", "1"])
     assert code == 2 and "has no phoneme labels" in capsys.readouterr().err
