@@ -114,14 +114,14 @@ def run_synth(args) -> int:
 
 
 def run_train(args) -> int:
-    from .train import TrainOptions, train
+    from .train import ADAM_EPS, TrainOptions, train
 
     best = train(TrainOptions(stage=args.stage, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
                               num_workers=args.num_workers, no_memory=args.no_memory,
                               asr_frame_weight=args.asr_frame_weight,
-                              **({} if args.adam_eps is None else {"adam_eps": args.adam_eps})))
+                              adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
     print(f"best model: {best}")
     return 0
 

@@ -194,6 +194,11 @@ def resample_motion(frames: np.ndarray, source_fps: float, fps: float) -> np.nda
     return frames[left] * (1 - w) + frames[right] * w
 
 
+def spoken_phonemes(segments: list[tuple[str, float, float]] | None) -> list[str] | None:
+    """The phoneme labels of timed segments, silence ("_") left out; None stays None."""
+    return None if segments is None else [p for p, _, _ in segments if p != "_"]
+
+
 class TalkingFaceDataset(torch.utils.data.Dataset):
     """Clips of one split. With `triplets`, each item also carries a positive clip (another sentence
     of the same speaker) and a negative clip (a sentence of another speaker of the split), drawn
@@ -234,8 +239,7 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
 
     def phonemes(self, index: int) -> list[str] | None:
         """The clip's phoneme labels (silence left out), or None when the dataset has none."""
-        segments = self.phoneme_segments(index)
-        return None if segments is None else [p for p, _, _ in segments if p != "_"]
+        return spoken_phonemes(self.phoneme_segments(index))
 
     def vertices(self, index: int) -> np.ndarray:
         item = self.items[index]
@@ -279,7 +283,7 @@ class Batch:
     @property
     def phonemes(self) -> list[list[str] | None]:
         """The clips' phoneme labels without silence (the CTC targets)."""
-        return [None if s is None else [p for p, _, _ in s if p != "_"] for s in self.phoneme_segments]
+        return [spoken_phonemes(s) for s in self.phoneme_segments]
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda ws: [w.to(device) for w in ws]  # noqa: E731

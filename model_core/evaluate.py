@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import DatasetInfo, TalkingFaceDataset
+from .data import DatasetInfo, TalkingFaceDataset, spoken_phonemes
 from .losses import frame_labels
 from .metrics import MetricAccumulator
 from .model import MemoryTalker
@@ -64,14 +64,14 @@ def phoneme_recognition(model: MemoryTalker, info: DatasetInfo, split: str = "va
     errors = total = frames_right = frames = 0
     for i in tqdm(range(len(dataset)), desc=f"PER {split}", disable=not progress, leave=False):
         segments = dataset.phoneme_segments(i)
-        labels = dataset.phonemes(i)
+        labels = spoken_phonemes(segments)
         audio = dataset.audio(i)
         count = max(1, int(round(len(audio) / model.config.sample_rate * model.config.fps)))
         logits, _ = model.audio_encoder([torch.from_numpy(audio).to(device)], [count])
         errors += edit_distance(greedy_ctc(logits[0], model.config.vocabulary), labels)
         total += len(labels)
         truth = frame_labels(segments, count, model.config.fps, model.config.vocabulary)
-        frames_right += int((logits[0, :count].argmax(-1).cpu() == truth).sum())
+        frames_right += int((logits[0].argmax(-1).cpu() == truth).sum())
         frames += count
     model.train(was_training)
     return {"PER": errors / max(total, 1), "frame_accuracy": frames_right / max(frames, 1)}
