@@ -181,7 +181,7 @@ def test_chunked_cnn_equals_the_transformers_feature_encoder(norm):
     from model_core.config import tiny_backbone_config
 
     model = tiny_model(backbone_config=tiny_backbone_config(feat_extract_norm=norm, conv_bias=True))
-    waveform = torch.randn(16000 * 23 + 123)  # three 10 s chunks, the last one partial
+    waveform = torch.randn(16000 * 23 + 123)  # ten 2.5 s chunks, the last one partial
     encoder = model.audio_encoder
     with torch.no_grad():
         reference = encoder.base.feature_extractor(waveform[None])[0]
