@@ -41,6 +41,9 @@ def _add_train(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--no-memory", action="store_true",
                    help="stage 1 without the motion memory (the ablation baseline), e.g. from the same --init")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="stage 1: keep the audio backbone of --init fixed and train only the memory and decoder "
+                        "(the published recipe fine-tunes it); give it again with --resume")
 
 
 def _add_evaluate(sub) -> None:
@@ -120,7 +123,7 @@ def run_train(args) -> int:
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
                               num_workers=args.num_workers, no_memory=args.no_memory,
-                              asr_frame_weight=args.asr_frame_weight,
+                              asr_frame_weight=args.asr_frame_weight, freeze_backbone=args.freeze_backbone,
                               adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
     print(f"best model: {best}")
     return 0

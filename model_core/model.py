@@ -262,6 +262,7 @@ class MemoryTalker(nn.Module):
         nn.init.zeros_(self.output_proj.weight)  # start from the template: zero displacement
         nn.init.zeros_(self.output_proj.bias)
         self._frozen_stage: str | None = None
+        self._frozen_backbone = False
 
     @classmethod
     def from_pretrained_backbone(cls, config: MemoryTalkerConfig) -> "MemoryTalker":
@@ -271,14 +272,19 @@ class MemoryTalker(nn.Module):
         return cls(config, ctc)
 
     # -- training modes -------------------------------------------------------------------------
-    def set_stage(self, stage: str) -> list[nn.Parameter]:
+    def set_stage(self, stage: str, freeze_backbone: bool = False) -> list[nn.Parameter]:
         """Freeze what the stage does not train and return the parameters it does train.
 
         stage "asr": the whole audio backbone, CNN included (a phoneme recogniser trained from
-        scratch); stage "1": everything but the backbone CNN and the style encoder; stage "2": the
-        style encoder only (all the rest runs in eval mode, so no dropout or masking touches it).
+        scratch); stage "1": everything but the backbone CNN and the style encoder, or with
+        `freeze_backbone` also without the audio backbone (which then runs in eval mode); stage
+        "2": the style encoder only (all the rest runs in eval mode, so no dropout or masking
+        touches it).
         """
+        if freeze_backbone and stage != "1":
+            raise ValueError("freeze_backbone applies to stage 1 (stage 2 trains only the style encoder)")
         self._frozen_stage = stage
+        self._frozen_backbone = freeze_backbone
         self.audio_encoder.train_cnn = stage == "asr"
         for p in self.parameters():
             p.requires_grad_(False)
@@ -287,8 +293,9 @@ class MemoryTalker(nn.Module):
         elif stage == "2":
             trainable = list(self.style_encoder.parameters())
         elif stage == "1":
-            trainable = [p for name, p in self.named_parameters()
-                         if not name.startswith(("style_encoder.", "audio_encoder.ctc." + self.audio_encoder.ctc.base_model_prefix + ".feature_extractor."))]
+            frozen = ("style_encoder.", "audio_encoder." if freeze_backbone else
+                      "audio_encoder.ctc." + self.audio_encoder.ctc.base_model_prefix + ".feature_extractor.")
+            trainable = [p for name, p in self.named_parameters() if not name.startswith(frozen)]
         else:
             raise ValueError(f"unknown training stage {stage!r}")
         for p in trainable:
@@ -302,6 +309,8 @@ class MemoryTalker(nn.Module):
             for child in self.children():
                 if child is not self.style_encoder:
                     child.eval()
+        elif self._frozen_backbone:
+            self.audio_encoder.eval()
         return self
 
     # -- forward pieces -------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class TrainOptions:
     no_memory: bool = False  # stage 1 of the "no memory" ablation (from --init: its backbone, a new decoder)
     adam_eps: float = ADAM_EPS
     asr_frame_weight: float = 0.0  # weight of the frame-wise phoneme term beside CTC in the asr stage
+    freeze_backbone: bool = False  # stage 1: train the memory and decoder on a fixed audio backbone
 
 
 def _seed(seed: int, epoch: int) -> torch.Generator:
@@ -146,7 +147,10 @@ def train(opts: TrainOptions) -> Path:
     info = DatasetInfo.open(opts.data, opts.dataset)
     device = resolve_device(opts.device)
     model = _build_model(opts, info).to(device)
-    trainable = model.set_stage(opts.stage)
+    if opts.freeze_backbone and opts.stage != "1":
+        raise MemoryTalkerError("--freeze-backbone is for stage 1 (stage 2 trains only the style encoder, "
+                                "the asr stage trains the backbone itself)")
+    trainable = model.set_stage(opts.stage, opts.freeze_backbone)
     optimizer = make_optimizer(trainable, opts.lr or DEFAULT_LR[opts.stage], opts.adam_eps)
     train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
     has_val = bool(info.items("val")) if "val" in info.splits else False

@@ -6,6 +6,7 @@ import torch
 from conftest import LIPS, UPPER, tiny_config, tiny_model
 from safetensors.torch import load_file
 
+from model_core.checkpoint import save_model
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate
 from model_core.losses import stage1_losses, stage2_losses
@@ -118,6 +119,22 @@ def test_train_cli_checkpoints_every_epoch_selects_on_val_and_resumes_reproducib
     assert main(["evaluate", "--model", str(tmp_path / "s2" / "best"), "--data", str(dataset_dir), "--device", "cpu"]) == 0
     results = json.loads((tmp_path / "s2" / "best" / "eval_test.json").read_text())
     assert {"LVE", "FVE", "LDTW", "Lip-max", "FDD"} <= set(results) and results["sequences"] == 4
+
+
+def test_stage1_with_a_frozen_backbone_trains_only_memory_and_decoder(dataset_dir, tmp_path, capsys):
+    init = tmp_path / "init"
+    save_model(tiny_model(seed=0, randomize_output=False), init)
+    common = ["train", "--data", str(dataset_dir), "--init", str(init), "--device", "cpu", "--lr", "1e-3",
+              "--batch-size", "2", "--epochs", "1"]
+    assert main([*common, "--stage", "1", "--out", str(tmp_path / "frozen"), "--freeze-backbone"]) == 0
+    before = load_file(str(init / "model.safetensors"))
+    after = load_file(str(tmp_path / "frozen" / "last" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(k.startswith("audio_encoder.") for k in changed)
+    assert any(k.startswith("decoder") or k.startswith("memory") for k in changed)
+
+    assert main([*common, "--stage", "2", "--out", str(tmp_path / "s2"), "--freeze-backbone"]) == 2
+    assert "--freeze-backbone is for stage 1" in capsys.readouterr().err
 
 
 def test_stage2_needs_a_stage1_model(dataset_dir, tmp_path, capsys):
