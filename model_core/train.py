@@ -143,13 +143,13 @@ def train(opts: TrainOptions) -> Path:
     """Runs (or resumes) training; returns the folder of the best model."""
     if opts.stage not in DEFAULT_LR:
         raise MemoryTalkerError(f"unknown stage {opts.stage!r}; use asr, 1 or 2")
+    if opts.freeze_backbone and opts.stage != "1":
+        raise MemoryTalkerError("--freeze-backbone is for stage 1 (stage 2 trains only the style encoder, "
+                                "the asr stage trains the backbone itself)")
     opts.out = Path(opts.out)
     info = DatasetInfo.open(opts.data, opts.dataset)
     device = resolve_device(opts.device)
     model = _build_model(opts, info).to(device)
-    if opts.freeze_backbone and opts.stage != "1":
-        raise MemoryTalkerError("--freeze-backbone is for stage 1 (stage 2 trains only the style encoder, "
-                                "the asr stage trains the backbone itself)")
     trainable = model.set_stage(opts.stage, opts.freeze_backbone)
     optimizer = make_optimizer(trainable, opts.lr or DEFAULT_LR[opts.stage], opts.adam_eps)
     train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
