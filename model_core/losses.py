@@ -21,9 +21,13 @@ def velocity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return masked_mse(pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1], pair_mask)
 
 
-def stage1_losses(model: MemoryTalker, batch: Batch) -> dict[str, torch.Tensor]:
-    """L_mse + L_vel over the retrieval pass and the teacher-forced pass, + 0.01 (L_mem + L_align)."""
-    logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+def stage1_losses(model: MemoryTalker, batch: Batch,
+                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """L_mse + L_vel over the retrieval pass and the teacher-forced pass, + 0.01 (L_mem + L_align).
+
+    `encoded`: the batch's (logits, mask) when a fixed backbone's output is already known.
+    """
+    logits, mask = encoded if encoded is not None else model.audio_encoder(batch.waveforms, batch.frame_counts)
     target = batch.vertices - batch.templates[:, None]
     pred = model.predict(logits, mask)
     losses = {"mse": masked_mse(pred, target, mask), "vel": velocity_loss(pred, target, mask)}
@@ -76,10 +80,16 @@ def asr_losses(model: MemoryTalker, batch: Batch, frame_weight: float = 0.0) -> 
     return {"ctc": ctc, "frame": frame, "total": ctc + frame_weight * frame}
 
 
-def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L_mse + L_vel + 0.01 (L_lip + L_style); only the style encoder receives gradients."""
-    with torch.no_grad():
-        logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor,
+                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """L_mse + L_vel + 0.01 (L_lip + L_style); only the style encoder receives gradients.
+
+    `encoded`: the batch's (logits, mask) when the (fixed) backbone's output is already known.
+    """
+    if encoded is None:
+        with torch.no_grad():
+            encoded = model.audio_encoder(batch.waveforms, batch.frame_counts)
+    logits, mask = encoded
     encoder = model.style_encoder
     f_s = encoder.embed(batch.waveforms)
     pred = model.predict(logits, mask, encoder.weights(f_s))

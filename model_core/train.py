@@ -56,6 +56,28 @@ class TrainOptions:
     freeze_backbone: bool = False  # stage 1: train the memory and decoder on a fixed audio backbone
 
 
+class FixedBackboneLogits:
+    """A fixed backbone's logits per training clip, computed the first time the clip is seen.
+
+    In stage 2, and in stage 1 with --freeze-backbone, the backbone runs in eval mode without
+    gradients, so a clip's logits never change: computing them once leaves later epochs only the
+    parts being trained to run.
+    Each clip is encoded on its own, as at inference, so padding never enters its logits.
+    """
+
+    def __init__(self, model: MemoryTalker):
+        self.encoder = model.audio_encoder
+        self.logits: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        for name, waveform, frames in zip(batch.names, batch.waveforms, batch.frame_counts):
+            if name not in self.logits:
+                self.logits[name] = self.encoder([waveform], [frames])[0][0]
+        logits = torch.nn.utils.rnn.pad_sequence([self.logits[name] for name in batch.names], batch_first=True)
+        return logits, batch.mask
+
+
 def _seed(seed: int, epoch: int) -> torch.Generator:
     torch.manual_seed(seed * 1_000_003 + epoch)
     np.random.seed((seed * 1_000_003 + epoch) % 2**32)
@@ -155,6 +177,7 @@ def train(opts: TrainOptions) -> Path:
     train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
     has_val = bool(info.items("val")) if "val" in info.splits else False
     lips = torch.from_numpy(info.lip_indices).to(device)
+    fixed_logits = FixedBackboneLogits(model) if opts.freeze_backbone or opts.stage == "2" else None
 
     start_epoch, best, history = 0, float("inf"), []
     state_path = opts.out / STATE_FILE
@@ -183,9 +206,9 @@ def train(opts: TrainOptions) -> Path:
             if opts.stage == "asr":
                 losses = asr_losses(model, batch, opts.asr_frame_weight)
             elif opts.stage == "1":
-                losses = stage1_losses(model, batch)
+                losses = stage1_losses(model, batch, fixed_logits(batch) if fixed_logits else None)
             else:
-                losses = stage2_losses(model, batch, lips)
+                losses = stage2_losses(model, batch, lips, fixed_logits(batch))
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

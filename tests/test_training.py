@@ -10,7 +10,7 @@ from model_core.checkpoint import save_model
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate
 from model_core.losses import stage1_losses, stage2_losses
-from model_core.train import make_optimizer
+from model_core.train import FixedBackboneLogits, make_optimizer
 
 
 def losses_over_steps(model, batch, step_fn, steps=25, lr=2e-3):
@@ -135,6 +135,26 @@ def test_stage1_with_a_frozen_backbone_trains_only_memory_and_decoder(dataset_di
 
     assert main([*common, "--stage", "2", "--out", str(tmp_path / "s2"), "--freeze-backbone"]) == 2
     assert "--freeze-backbone is for stage 1" in capsys.readouterr().err
+
+
+def test_a_fixed_backbone_runs_once_per_clip_and_gives_each_clip_its_own_logits(dataset_dir):
+    model = tiny_model(seed=0)
+    model.set_stage("1", freeze_backbone=True)
+    model.train()
+    dataset = TalkingFaceDataset(DatasetInfo.open(dataset_dir), "train")
+    batches = [collate([dataset[0], dataset[3]]), collate([dataset[3], dataset[1]])]
+    fixed = FixedBackboneLogits(model)
+    encoded_clips = []
+    hook = model.audio_encoder.register_forward_hook(lambda module, args, out: encoded_clips.append(len(args[0])))
+    per_epoch = [[fixed(batch) for batch in batches] for _ in range(2)]
+    hook.remove()
+    assert sum(encoded_clips) == 3  # three distinct clips over two epochs of two batches
+
+    for (logits, mask), again, batch in zip(per_epoch[0], per_epoch[1], batches):
+        assert torch.equal(logits, again[0]) and torch.equal(mask, batch.mask)
+        for row, (waveform, frames) in enumerate(zip(batch.waveforms, batch.frame_counts)):
+            alone = model.audio_encoder([waveform], [frames])[0][0]
+            assert torch.equal(logits[row, :frames], alone)
 
 
 def test_stage2_needs_a_stage1_model(dataset_dir, tmp_path, capsys):
