@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_model, save_model
 from .config import MemoryTalkerConfig
-from .data import DatasetInfo, TalkingFaceDataset, collate
+from .data import Batch, DatasetInfo, TalkingFaceDataset, collate
 from .errors import MemoryTalkerError
 from .evaluate import evaluate_model, phoneme_recognition
 from .inference import resolve_device
@@ -61,8 +61,8 @@ class FixedBackboneLogits:
 
     In stage 2, and in stage 1 with --freeze-backbone, the backbone runs in eval mode without
     gradients, so a clip's logits never change: computing them once leaves later epochs only the
-    parts being trained to run.
-    Each clip is encoded on its own, as at inference, so padding never enters its logits.
+    parts being trained to run. Each clip is encoded on its own, as at inference, so padding never
+    enters its logits.
     """
 
     def __init__(self, model: MemoryTalker):
@@ -70,7 +70,7 @@ class FixedBackboneLogits:
         self.logits: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         for name, waveform, frames in zip(batch.names, batch.waveforms, batch.frame_counts):
             if name not in self.logits:
                 self.logits[name] = self.encoder([waveform], [frames])[0][0]
