@@ -303,6 +303,12 @@ class MemoryTalker(nn.Module):
         self.train(self.training)
         return trainable
 
+    @property
+    def backbone_fixed(self) -> bool:
+        """Whether the training stage keeps the audio backbone fixed (eval mode, no gradients):
+        stage 2, or stage 1 with `freeze_backbone`."""
+        return self._frozen_stage == "2" or self._frozen_backbone
+
     def train(self, mode: bool = True) -> "MemoryTalker":
         super().train(mode)
         if self._frozen_stage == "2":

@@ -177,7 +177,7 @@ def train(opts: TrainOptions) -> Path:
     train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
     has_val = bool(info.items("val")) if "val" in info.splits else False
     lips = torch.from_numpy(info.lip_indices).to(device)
-    fixed_logits = FixedBackboneLogits(model) if opts.freeze_backbone or opts.stage == "2" else None
+    fixed_logits = FixedBackboneLogits(model) if model.backbone_fixed else None
 
     start_epoch, best, history = 0, float("inf"), []
     state_path = opts.out / STATE_FILE
