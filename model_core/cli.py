@@ -44,6 +44,10 @@ def _add_train(sub) -> None:
     p.add_argument("--freeze-backbone", action="store_true",
                    help="stage 1: keep the audio backbone of --init fixed and train only the memory and decoder "
                         "(the published recipe fine-tunes it); give it again with --resume")
+    p.add_argument("--output-lr", type=float,
+                   help="stage 1: the output projection's own learning rate (default: --lr). Its weights map to "
+                        "metres and are about 1e-4 in size, so at the body's rate every step rewrites them; "
+                        "the demo recipe uses 1e-6. Give it again with --resume")
 
 
 def _add_evaluate(sub) -> None:
@@ -124,6 +128,7 @@ def run_train(args) -> int:
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
                               num_workers=args.num_workers, no_memory=args.no_memory,
                               asr_frame_weight=args.asr_frame_weight, freeze_backbone=args.freeze_backbone,
+                              output_lr=args.output_lr,
                               adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
     print(f"best model: {best}")
     return 0

@@ -30,6 +30,10 @@ DEFAULT_LR = {"asr": 5e-4, "1": 1e-4, "2": 5e-5}
 # --adam-eps 1e-12 removes that, but then stage 1 fine-tunes the backbone to the training voices
 # and does worse on unseen ones (docs/model_card.md: test LVE 2.86 against 1.84, same start).
 ADAM_EPS = 1e-8
+# The output projection maps features of order one to displacements in metres, so its weights are
+# tiny (RMS 5e-5 to 8e-5 in the demo model) and one Adam step at the body's rate (about lr in
+# size) rewrites them: training stalls at a noise floor. --output-lr gives that layer its own rate.
+OUTPUT_LAYER = "output_proj."
 STATE_FILE = "training_state.pt"
 
 
@@ -54,6 +58,7 @@ class TrainOptions:
     adam_eps: float = ADAM_EPS
     asr_frame_weight: float = 0.0  # weight of the frame-wise phoneme term beside CTC in the asr stage
     freeze_backbone: bool = False  # stage 1: train the memory and decoder on a fixed audio backbone
+    output_lr: float | None = None  # stage 1: the output projection's own learning rate (default: lr)
 
 
 class FixedBackboneLogits:
@@ -156,9 +161,16 @@ def _build_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
     return model
 
 
-def make_optimizer(params, lr: float, eps: float = ADAM_EPS) -> torch.optim.Adam:
-    """The training optimiser: Adam at the published rates."""
-    return torch.optim.Adam(params, lr=lr, eps=eps)
+def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], lr: float, eps: float = ADAM_EPS,
+                   output_lr: float | None = None) -> torch.optim.Adam:
+    """The training optimiser: Adam at the published rates; with `output_lr`, the output
+    projection's parameters form a second group ("output") at that rate."""
+    if output_lr is None:
+        return torch.optim.Adam([{"params": [p for _, p in named_params], "name": "body"}], lr=lr, eps=eps)
+    groups = [{"params": [p for name, p in named_params if not name.startswith(OUTPUT_LAYER)], "name": "body"},
+              {"params": [p for name, p in named_params if name.startswith(OUTPUT_LAYER)], "name": "output",
+               "lr": output_lr}]
+    return torch.optim.Adam(groups, lr=lr, eps=eps)
 
 
 def train(opts: TrainOptions) -> Path:
@@ -168,12 +180,15 @@ def train(opts: TrainOptions) -> Path:
     if opts.freeze_backbone and opts.stage != "1":
         raise MemoryTalkerError("--freeze-backbone is for stage 1 (stage 2 trains only the style encoder, "
                                 "the asr stage trains the backbone itself)")
+    if opts.output_lr is not None and opts.stage != "1":
+        raise MemoryTalkerError("--output-lr is for stage 1, the only stage that trains the output projection")
     opts.out = Path(opts.out)
     info = DatasetInfo.open(opts.data, opts.dataset)
     device = resolve_device(opts.device)
     model = _build_model(opts, info).to(device)
-    trainable = model.set_stage(opts.stage, opts.freeze_backbone)
-    optimizer = make_optimizer(trainable, opts.lr or DEFAULT_LR[opts.stage], opts.adam_eps)
+    trainable = set(model.set_stage(opts.stage, opts.freeze_backbone))
+    optimizer = make_optimizer([(name, p) for name, p in model.named_parameters() if p in trainable],
+                               opts.lr or DEFAULT_LR[opts.stage], opts.adam_eps, opts.output_lr)
     train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
     has_val = bool(info.items("val")) if "val" in info.splits else False
     lips = torch.from_numpy(info.lip_indices).to(device)
@@ -185,11 +200,17 @@ def train(opts: TrainOptions) -> Path:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["stage"] != opts.stage:
             raise MemoryTalkerError(f"{opts.out} holds a stage-{state['stage']} run; cannot resume it as stage {opts.stage}")
+        saved_groups = [group.get("name", "body") for group in state["optimizer"]["param_groups"]]
+        if saved_groups != [group["name"] for group in optimizer.param_groups]:
+            raise MemoryTalkerError(f"{opts.out} was trained {'with' if 'output' in saved_groups else 'without'} "
+                                    "--output-lr: resume it the same way, or start a new run in another --out folder")
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
             group["eps"] = opts.adam_eps
-            if opts.lr:  # an explicit --lr on resume continues at that rate (a step decay by hand)
-                group["lr"] = opts.lr
+            # an explicit rate on resume continues at that rate (a step decay by hand)
+            new_lr = opts.output_lr if group.get("name") == "output" else opts.lr
+            if new_lr:
+                group["lr"] = new_lr
         start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
         log.info("resuming at epoch %d", start_epoch + 1)
 

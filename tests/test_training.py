@@ -56,7 +56,7 @@ def test_adam_eps_sets_how_far_steps_on_metre_scale_gradients_go():
     def first_step(gradient_size, **optimizer_options):
         weight = torch.nn.Parameter(torch.zeros(1000))
         weight.grad = gradient_size * torch.randn(1000, generator=torch.Generator().manual_seed(0))
-        make_optimizer([weight], 1e-4, **optimizer_options).step()
+        make_optimizer([("weight", weight)], 1e-4, **optimizer_options).step()
         return float((weight.detach().abs() / 1e-4).median())
 
     assert first_step(1e-3) > 0.99
@@ -135,6 +135,29 @@ def test_stage1_with_a_frozen_backbone_trains_only_memory_and_decoder(dataset_di
 
     assert main([*common, "--stage", "2", "--out", str(tmp_path / "s2"), "--freeze-backbone"]) == 2
     assert "--freeze-backbone is for stage 1" in capsys.readouterr().err
+
+
+def test_output_lr_moves_the_output_projection_at_its_own_rate_and_keeps_it_on_resume(dataset_dir, tmp_path, capsys):
+    init = tmp_path / "init"
+    save_model(tiny_model(seed=0, randomize_output=False), init)
+    common = ["train", "--stage", "1", "--data", str(dataset_dir), "--init", str(init), "--device", "cpu",
+              "--batch-size", "2", "--adam-eps", "1e-12", "--out", str(tmp_path / "run")]
+    assert main([*common, "--epochs", "1", "--lr", "1e-3", "--output-lr", "1e-7"]) == 0
+    before = load_file(str(init / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    steps = -(-len(TalkingFaceDataset(DatasetInfo.open(dataset_dir), "train")) // 2)  # Adam moves each weight <= lr a step
+    moved = {k: float((after[k] - before[k]).abs().max()) for k in before}
+    assert 0 < moved["output_proj.weight"] <= steps * 1.01e-7 and 0 < moved["output_proj.bias"] <= steps * 1.01e-7
+    assert max(v for k, v in moved.items() if k.startswith("decoder")) > 10 * steps * 1e-7
+
+    assert main([*common, "--epochs", "2", "--resume", "--output-lr", "1e-8"]) == 0
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
+    assert {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"]} == {"body": 1e-3, "output": 1e-8}
+    assert main([*common, "--epochs", "3", "--resume"]) == 2
+    assert "trained with --output-lr: resume it the same way" in capsys.readouterr().err
+    assert main(["train", "--stage", "2", "--data", str(dataset_dir), "--init", str(tmp_path / "run" / "last"),
+                 "--out", str(tmp_path / "s2"), "--output-lr", "1e-7"]) == 2
+    assert "--output-lr is for stage 1" in capsys.readouterr().err
 
 
 def test_a_fixed_backbone_runs_once_per_clip_and_gives_each_clip_its_own_logits(dataset_dir):
