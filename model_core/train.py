@@ -165,11 +165,11 @@ def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], lr: float
                    output_lr: float | None = None) -> torch.optim.Adam:
     """The training optimiser: Adam at the published rates; with `output_lr`, the output
     projection's parameters form a second group ("output") at that rate."""
-    if output_lr is None:
-        return torch.optim.Adam([{"params": [p for _, p in named_params], "name": "body"}], lr=lr, eps=eps)
-    groups = [{"params": [p for name, p in named_params if not name.startswith(OUTPUT_LAYER)], "name": "body"},
-              {"params": [p for name, p in named_params if name.startswith(OUTPUT_LAYER)], "name": "output",
-               "lr": output_lr}]
+    is_output = [output_lr is not None and name.startswith(OUTPUT_LAYER) for name, _ in named_params]
+    groups = [{"params": [p for (_, p), out in zip(named_params, is_output) if not out], "name": "body"}]
+    if output_lr is not None:
+        groups.append({"params": [p for (_, p), out in zip(named_params, is_output) if out], "name": "output",
+                       "lr": output_lr})
     return torch.optim.Adam(groups, lr=lr, eps=eps)
 
 
