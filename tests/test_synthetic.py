@@ -166,3 +166,30 @@ def test_clips_start_and_end_with_quiet_pauses_and_a_closed_mouth(articulation):
     gap = aperture(head, vertices)
     assert gap[:6].max() < 0.001 and gap[-2:].max() < 0.001  # mouth at rest in the pauses (after a release ramp)
     assert gap.max() > 0.006
+
+
+def test_the_lip_closure_measure_reads_the_ground_truth_as_closed(corpus, capsys, monkeypatch):
+    """scripts/lip_closure.py (the model card's p/b/m figures) finds the test speaker's bilabials,
+    counts the ground truth closed at them, and prints per speaker and over the split."""
+    import importlib.util
+    import sys
+
+    from model_core.checkpoint import BUNDLED_MODEL, load_model
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "lip_closure.py"
+    spec = importlib.util.spec_from_file_location("lip_closure", script)
+    lip_closure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lip_closure)
+    found = lip_closure.measure(load_model(BUNDLED_MODEL), corpus, "test")
+    test_speakers = {s.name for s in make_speakers(8, seed=0) if s.split == "test"}
+    assert set(found) == test_speakers
+    for values in found.values():
+        assert len(values["model"]) == len(values["truth"]) >= 20  # 20 sentences hold many p, b, m
+        assert np.mean(np.array(values["truth"]) < lip_closure.CLOSED) > 0.95
+        assert np.isfinite(values["model"]).all()
+    monkeypatch.setattr(sys, "argv", ["lip_closure.py", "--data", str(corpus)])
+    lip_closure.main()
+    assert "all:" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["lip_closure.py", "--data", str(corpus / "phonemes")])
+    with pytest.raises(SystemExit, match="synthetic corpus"):
+        lip_closure.main()
