@@ -96,6 +96,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--voices", help="comma-separated voices to use instead of the built-in sets: espeak-ng names (en-us, "
                         "en-us+f3) or, with flite installed, flite:slt, flite:rms ...")
     p.add_argument("--list-voices", action="store_true", help="print the espeak-ng voices and exit")
+    p.add_argument("--free-text", type=float, default=0.0, metavar="SHARE",
+                   help="share of the sentences (0-1) made of words in random order instead of the built-in "
+                        "grammar, so a phoneme recogniser trained on the corpus cannot lean on word order")
 
 
 def run_synth(args) -> int:
@@ -112,7 +115,8 @@ def run_synth(args) -> int:
     if args.out is None:
         raise MemoryTalkerError("--out is required: the folder to write the corpus to")
     voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
-    summary = synthesize_corpus(args.out, args.speakers, args.sentences, args.seed, args.dtype, args.workers, voices)
+    summary = synthesize_corpus(args.out, args.speakers, args.sentences, args.seed, args.dtype, args.workers, voices,
+                                free_text=args.free_text)
     split_text = ", ".join(f"{n} {k}" for k, n in summary["speakers"].items())
     print(f"{summary['clips']} clips, {summary['hours'] * 60:.1f} min of audio, speakers: {split_text}; "
           f"phoneme coverage {summary['phoneme_coverage']}; {summary['seconds']} s "

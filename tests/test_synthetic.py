@@ -193,3 +193,24 @@ def test_the_lip_closure_measure_reads_the_ground_truth_as_closed(corpus, capsys
     monkeypatch.setattr(sys, "argv", ["lip_closure.py", "--data", str(corpus / "phonemes")])
     with pytest.raises(SystemExit, match="synthetic corpus"):
         lip_closure.main()
+
+
+def test_free_text_breaks_the_grammar_and_leaves_other_corpora_unchanged(tmp_path):
+    """--free-text: a share of sentences in random word order, so a recogniser trained on the corpus
+    cannot predict the next word (trained on the grammar alone it heard "Bob" as "the"); without it
+    the sentences are exactly those of before."""
+    from model_core.synthetic.sentences import sentences
+
+    grammar, mixed, free = sentences(200, 4), sentences(200, 4, 0.5), sentences(200, 4, 1.0)
+    assert sentences(200, 4, 0.0) == grammar
+    kept = sum(a == b for a, b in zip(grammar, mixed))
+    assert 70 < kept < 130  # about half replaced, the rest at their places
+    assert all(b == a or b not in grammar for a, b in zip(grammar, mixed))
+    first_words = lambda texts: Counter(t.split()[0].strip(",").lower() for t in texts)  # noqa: E731
+    assert len(first_words(grammar)) < 15 and first_words(grammar).most_common(1)[0][1] > 50  # "The ..."
+    assert len(first_words(free)) > 100 and first_words(free).most_common(1)[0][1] < 10
+    with pytest.raises(MemoryTalkerError, match="--free-text"):
+        synthesize_corpus(tmp_path / "x", speakers=1, sentences=1, free_text=1.5)
+    summary = synthesize_corpus(tmp_path / "free", speakers=1, sentences=2, seed=0, progress=False, free_text=1.0)
+    assert summary["clips"] == 2 and summary["free_text"] == 1.0
+    assert len(list((tmp_path / "free" / "phonemes").glob("*.json"))) == 2

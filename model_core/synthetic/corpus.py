@@ -138,11 +138,13 @@ def _check_folder(out: Path) -> None:
 
 def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, seed: int = 0,
                       dtype: str = "float32", workers: int | None = None, voices: list[str] | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, free_text: float = 0.0) -> dict:
     if speakers < 1:
         raise MemoryTalkerError(f"--speakers must be at least 1, got {speakers}")
     if not 1 <= sentences <= MAX_SENTENCES:
         raise MemoryTalkerError(f"--sentences must be between 1 and {MAX_SENTENCES}, got {sentences}")
+    if not 0.0 <= free_text <= 1.0:
+        raise MemoryTalkerError(f"--free-text is a share of the sentences, between 0 and 1, got {free_text}")
     if dtype not in ("float32", "float16"):
         raise MemoryTalkerError(f"--dtype must be float32 or float16, got {dtype}")
     cast = make_speakers(speakers, seed, voices)
@@ -161,7 +163,7 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
     jobs = []
     for i, s in enumerate(cast):
         rng = np.random.default_rng([seed, 2, i])
-        jobs.append((s.name, make_sentences(sentences, seed * 1000 + i), [Pauses.draw(rng) for _ in range(sentences)]))
+        jobs.append((s.name, make_sentences(sentences, seed * 1000 + i, free_text), [Pauses.draw(rng) for _ in range(sentences)]))
     _prepare_state(out, dtype, cast)  # built once here; the forked workers inherit it
     durations, seen = [], set()
     context = multiprocessing.get_context("fork")
@@ -184,7 +186,7 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
     elapsed = time.perf_counter() - started
     hours = sum(durations) / 3600
     summary = {"hours": round(hours, 4), "clips": len(durations), "speakers": {k: len(v["subjects"]) for k, v in splits.items()},
-               "vertex_count": int(len(head.vertices)), "dtype": dtype,
+               "vertex_count": int(len(head.vertices)), "dtype": dtype, "free_text": free_text,
                "phoneme_coverage": f"{len(seen & inventory)}/{len(inventory)}",
                "phonemes_missing": sorted(inventory - seen)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -26,6 +26,35 @@ CLAUSES = ["because it was raining", "while we were away", "and then it was over
            "although it was Thursday", "until the shop closed", "and I was amazed"]
 
 
+# Everyday words beyond the grammar's, for sentences in free word order: names and words with p, b
+# and m at the start, inside and at the end, function words, and words of every vowel.
+FREE_WORDS = """
+Bob Pam Paul Mary Ben Emma Tom Molly Peter Sam Jim Abby Pip Bella Max Mabel
+maybe please bring bowl plum pie put bottle back map cap nap mop pop top cup pipe soap rope
+bump jump lamp camp stamp ramp hump tub cab rib job rub knob web mob club scrub
+mom mum palm calm home time name game come some room from seem dream team swim warm arm
+baby happy apple paper pepper puppy upper supper hobby robin ribbon rabbit cabin number
+simple problem remember umbrella campus impulse symbol summer hammer lemon comma camera
+big bad bed bit but bath bell boot buy bone boy bin bag ball bean bird board
+pen pan pin pet pot pull push park pink pool pear pace pause pick post
+man men mat met miss mood moon moss mouse much mug music mild mine moth
+and the a of to in on at by up it is was as or not no yes so if all any
+you we they he she I me my her his our your them us this that these those
+go get got give gave take took make made see saw say said tell told know knew
+run ran sit sat eat ate fly flew draw drew ride rode sing sang think thought
+red blue green white black brown gray gold pale dim warm cool sharp soft fine
+cat dog fox owl cow sheep horse goat duck fish frog bee ant yak zebra
+car bus ship train plane bike boat truck van cart
+one two three four five six seven eight nine ten twelve twenty hundred
+why how what when where who which whose because while though unless
+very quite rather almost never always often seldom again away here there
+thing shoe chair cheese juice judge voice vision measure treasure azure beige
+thick thin breathe smooth with the other father mother brother weather feather
+yellow orange window shadow hollow pillow follow narrow elbow
+ooh oh ah eh uh hey wow okay
+""".split()
+
+
 def sentence(rng: np.random.Generator) -> str:
     words = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS), rng.choice(PLACES)]
     if rng.random() < 0.6:
@@ -34,6 +63,31 @@ def sentence(rng: np.random.Generator) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def sentences(count: int, seed: int) -> list[str]:
+def _vocabulary() -> list[str]:
+    grammar = " ".join(SUBJECTS + VERBS + OBJECTS + PLACES + CLAUSES).split()
+    return sorted(set(grammar) | set(FREE_WORDS))
+
+
+VOCABULARY = _vocabulary()
+
+
+def free_sentence(rng: np.random.Generator) -> str:
+    """5-12 words drawn at random, with an occasional comma: no word order a recogniser could
+    learn to predict from (trained on the grammar alone, it heard "Bob and Pam" as "the ...")."""
+    words = [str(w) for w in rng.choice(VOCABULARY, int(rng.integers(5, 13)))]
+    text = " ".join(w + ("," if rng.random() < 0.12 and i < len(words) - 1 else "") for i, w in enumerate(words))
+    return text[0].upper() + text[1:] + ("?" if rng.random() < 0.15 else ".")
+
+
+def sentences(count: int, seed: int, free_share: float = 0.0) -> list[str]:
+    """`count` sentences of the grammar; with `free_share` > 0, that share (drawn per sentence) is
+    replaced by sentences in free word order. The grammar's draws do not depend on `free_share`,
+    so a corpus made without it stays the same."""
+    if not 0.0 <= free_share <= 1.0:
+        raise ValueError(f"free_share must be between 0 and 1, got {free_share}")
     rng = np.random.default_rng(seed)
-    return [sentence(rng) for _ in range(count)]
+    texts = [sentence(rng) for _ in range(count)]
+    if free_share > 0.0:
+        free = np.random.default_rng([seed, 3])
+        texts = [free_sentence(free) if free.random() < free_share else text for text in texts]
+    return texts
