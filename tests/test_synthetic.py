@@ -214,3 +214,24 @@ def test_free_text_breaks_the_grammar_and_leaves_other_corpora_unchanged(tmp_pat
     summary = synthesize_corpus(tmp_path / "free", speakers=1, sentences=2, seed=0, progress=False, free_text=1.0)
     assert summary["clips"] == 2 and summary["free_text"] == 1.0
     assert len(list((tmp_path / "free" / "phonemes").glob("*.json"))) == 2
+
+
+# Lines a model trained on a synthetic corpus is judged on, never spoken in one: the sentence of
+# tests/test_demo_model.py and the model card's held-out lines.
+HELD_OUT_LINES = ["Bob and Pam bought a map, but the cat sat far away.", "Please bring me a bowl of plum pie.",
+                  "Maybe Paul put the bottle back.", "I told you not to open that door.",
+                  "We need more time before the big show.", "Where did you put my blue jacket?"]
+
+
+def test_free_text_never_teaches_the_words_of_the_held_out_lines():
+    """The free-order vocabulary adds no word of the lines models are judged on: only words the
+    grammar always had may appear in both (otherwise a model would be tested on trained words)."""
+    import re
+
+    from model_core.synthetic import sentences as generator
+    from test_demo_model import SENTENCE
+
+    words = lambda texts: {w.lower() for t in texts for w in re.findall(r"[A-Za-z']+", t)}  # noqa: E731
+    grammar = words(generator.SUBJECTS + generator.VERBS + generator.OBJECTS + generator.PLACES + generator.CLAUSES)
+    assert SENTENCE in HELD_OUT_LINES
+    assert not (words(HELD_OUT_LINES) - grammar) & {w.lower() for w in generator.VOCABULARY}

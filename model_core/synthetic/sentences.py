@@ -27,26 +27,28 @@ CLAUSES = ["because it was raining", "while we were away", "and then it was over
 
 
 # Everyday words beyond the grammar's, for sentences in free word order: names and words with p, b
-# and m at the start, inside and at the end, function words, and words of every vowel.
+# and m at the start, inside and at the end, function words, and words of every vowel. None of the
+# words of the sentences the model is judged on (tests/test_demo_model.py, the model card's
+# held-out lines) is here unless the grammar already had it: a test checks that.
 FREE_WORDS = """
-Bob Pam Paul Mary Ben Emma Tom Molly Peter Sam Jim Abby Pip Bella Max Mabel
-maybe please bring bowl plum pie put bottle back map cap nap mop pop top cup pipe soap rope
+Mary Ben Emma Tom Molly Peter Sam Jim Abby Pip Bella Max Mabel Bert Polly
+pebble bubble bumble ample crumb thumb lamb limb comb cap nap mop pop top cup pipe soap rope
 bump jump lamp camp stamp ramp hump tub cab rib job rub knob web mob club scrub
-mom mum palm calm home time name game come some room from seem dream team swim warm arm
+mom mum palm calm home name game come some room from seem dream team swim warm arm
 baby happy apple paper pepper puppy upper supper hobby robin ribbon rabbit cabin number
 simple problem remember umbrella campus impulse symbol summer hammer lemon comma camera
 big bad bed bit but bath bell boot buy bone boy bin bag ball bean bird board
 pen pan pin pet pot pull push park pink pool pear pace pause pick post
 man men mat met miss mood moon moss mouse much mug music mild mine moth
-and the a of to in on at by up it is was as or not no yes so if all any
-you we they he she I me my her his our your them us this that these those
-go get got give gave take took make made see saw say said tell told know knew
-run ran sit sat eat ate fly flew draw drew ride rode sing sang think thought
-red blue green white black brown gray gold pale dim warm cool sharp soft fine
-cat dog fox owl cow sheep horse goat duck fish frog bee ant yak zebra
+and the a of in on at by up it is was as or no yes so if all any
+they he she my her his our your them us this that these those
+go get got give gave take took make made see saw say said know knew
+run ran sit eat ate fly flew draw drew ride rode sing sang think thought
+red green white black brown gray gold pale dim warm cool sharp soft fine
+dog fox owl cow sheep horse goat duck fish frog bee ant yak zebra
 car bus ship train plane bike boat truck van cart
 one two three four five six seven eight nine ten twelve twenty hundred
-why how what when where who which whose because while though unless
+why how what when who which whose because while though unless
 very quite rather almost never always often seldom again away here there
 thing shoe chair cheese juice judge voice vision measure treasure azure beige
 thick thin breathe smooth with the other father mother brother weather feather
