@@ -27,9 +27,9 @@ CLAUSES = ["because it was raining", "while we were away", "and then it was over
 
 
 # Everyday words beyond the grammar's, for sentences in free word order: names and words with p, b
-# and m at the start, inside and at the end, function words, and words of every vowel. None of the
-# words of the sentences the model is judged on (tests/test_demo_model.py, the model card's
-# held-out lines) is here unless the grammar already had it: a test checks that.
+# and m at the start, inside and at the end, function words, and words of every vowel. No word of
+# the lines the demo model is judged on (HELD_OUT_LINES in tests/test_synthetic.py, the test
+# sentence among them) is here unless the grammar already had it: that test checks it.
 FREE_WORDS = """
 Mary Ben Emma Tom Molly Peter Sam Jim Abby Pip Bella Max Mabel Bert Polly
 pebble bubble bumble ample crumb thumb lamb limb comb cap nap mop pop top cup pipe soap rope
