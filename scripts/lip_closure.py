@@ -1,7 +1,7 @@
 """Do the lips close on p, b and m? Measured over a whole split of a synthetic corpus (the model
 card's lip-closure figures).
 
-    .venv/bin/python scripts/lip_closure.py --data data/synth-2h-72 [--model MODEL_DIR] [--split test]
+    .venv/bin/python scripts/lip_closure.py --data data/synth-2h-72-free [--model MODEL_DIR] [--split test]
 
 For every p, b or m of every clip (the corpus's phoneme timings), the smallest lip aperture (upper
 to lower lip centre, the corpus's `demo_head.json` landmarks) within one frame of the phoneme, for

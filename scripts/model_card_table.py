@@ -1,6 +1,6 @@
 """The model card's quality table: the demo model's variants on the test split (unseen speakers).
 
-    .venv/bin/python scripts/model_card_table.py --data data/synth-2h-72 --runs runs/demo
+    .venv/bin/python scripts/model_card_table.py --data data/synth-2h-72-free --runs runs/demo
 
 Rows: (a) the same decoder without memory, (b) stage 1, (c) stage 1 + 2 at style strength 0, 0.5
 and 1. Metric definitions: docs/metrics.md. Prints the table, saves the figures as JSON

@@ -65,10 +65,6 @@ def test_it_opens_the_mouth_on_vowels_more_than_on_bilabials(spoken):
     assert np.median(closed) < 0.8 * np.median(opened)
 
 
-@pytest.mark.xfail(strict=True, reason="the CPU-trained demo model keeps the lips about 5 mm apart on this "
-                                       "sentence's p, b, m: its recogniser learnt the corpus's sentence grammar and "
-                                       "mishears words outside it (docs/model_card.md); a better-trained model "
-                                       "makes this pass")
 def test_it_closes_the_lips_on_bilabials(spoken):
     _, utterance, motions = spoken
     aperture = lip_aperture(motions[1.0].displacements)
