@@ -73,6 +73,9 @@ def main() -> int:
     head_scene(demo_head(), size=360)
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = 30, 1.0
+    # The operator only ever extends the frame range; starting from one frame makes the range, the
+    # preview sheet and the video span exactly the utterance instead of Blender's default 250 frames.
+    scene.frame_start = scene.frame_end = 1
     memorytalker_addon.register()
     try:
         options = dict(audio_path=str(audio), object_name="DemoHead", start_frame=1, device='AUTO',

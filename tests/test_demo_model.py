@@ -89,3 +89,22 @@ def test_the_model_card_shows_the_table_its_command_wrote():
     document = json.loads((root / "docs" / "model_card_results.json").read_text())
     assert [label for label, _, _ in table_script.ROWS] == list(document["results"])
     assert table_script.render(document) in (root / "docs" / "model_card.md").read_text()
+
+
+def test_the_demo_shows_the_whole_utterance_and_nothing_after_it(tmp_path):
+    """./demo.sh's scene, preview sheet and video span exactly the speech, not Blender's default 250 frames."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    utterance = ESpeak().synthesize("Map.", "en-us+m3", rate=160, pitch=40)
+    audio = tmp_path / "line.wav"
+    sf.write(audio, utterance.samples, utterance.sample_rate)
+    frames = round(len(utterance.samples) / utterance.sample_rate * 30)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "demo.py"), str(audio), "--out", str(tmp_path / "out"),
+                           "--frames", "2", "--no-video"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"(frames 1, {frames})" in done.stdout
+    assert (tmp_path / "out" / "demo.blend").is_file() and (tmp_path / "out" / "demo_preview.png").is_file()
