@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from model_core import Animator, load_model
 from model_core.checkpoint import BUNDLED_MODEL
@@ -93,11 +96,6 @@ def test_the_model_card_shows_the_table_its_command_wrote():
 
 def test_the_demo_shows_the_whole_utterance_and_nothing_after_it(tmp_path):
     """./demo.sh's scene, preview sheet and video span exactly the speech, not Blender's default 250 frames."""
-    import subprocess
-    import sys
-
-    import soundfile as sf
-
     utterance = ESpeak().synthesize("Map.", "en-us+m3", rate=160, pitch=40)
     audio = tmp_path / "line.wav"
     sf.write(audio, utterance.samples, utterance.sample_rate)
