@@ -48,6 +48,13 @@ def _add_train(sub) -> None:
                    help="stage 1: the output projection's own learning rate (default: --lr). Its weights map to "
                         "metres and are about 1e-4 in size, so at the body's rate every step rewrites them; "
                         "the demo recipe uses 1e-6. Give it again with --resume")
+    p.add_argument("--augment", action="store_true",
+                   help="degrade the training audio afresh every epoch, each effect with its own chance: speed "
+                        "+-10%% (phoneme times and motion follow), room reverberation, white/pink/babble noise, "
+                        "recording level, telephone band, MP3/Opus; validation and test audio stay clean. "
+                        "Give it again with --resume")
+    p.add_argument("--augment-prob", type=float, metavar="P",
+                   help="with --augment: the probability of each effect, 0-1 (default 0.25)")
 
 
 def _add_evaluate(sub) -> None:
@@ -132,7 +139,7 @@ def run_train(args) -> int:
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
                               num_workers=args.num_workers, no_memory=args.no_memory,
                               asr_frame_weight=args.asr_frame_weight, freeze_backbone=args.freeze_backbone,
-                              output_lr=args.output_lr,
+                              output_lr=args.output_lr, augment=args.augment, augment_prob=args.augment_prob,
                               adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
     print(f"best model: {best}")
     return 0

@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .audio import load_audio
 from .errors import DataError
+
+if TYPE_CHECKING:  # augment.py imports resample_motion from here
+    from .augment import Augmentation
 
 VOCASET_TRAIN = [f"FaceTalk_{s}_TA" for s in (
     "170728_03272", "170904_00128", "170725_00137", "170915_00223",
@@ -202,9 +206,12 @@ def spoken_phonemes(segments: list[tuple[str, float, float]] | None) -> list[str
 class TalkingFaceDataset(torch.utils.data.Dataset):
     """Clips of one split. With `triplets`, each item also carries a positive clip (another sentence
     of the same speaker) and a negative clip (a sentence of another speaker of the split), drawn
-    reproducibly from (seed, epoch, index)."""
+    reproducibly from (seed, epoch, index). With `augmentation` (for the training split only), each
+    item's audio is degraded afresh every epoch, reproducibly from (seed, epoch, index), with its
+    phoneme times and motion stretched along when the effects change its speed."""
 
-    def __init__(self, info: DatasetInfo, split: str, sample_rate: int = 16000, triplets: bool = False, seed: int = 0):
+    def __init__(self, info: DatasetInfo, split: str, sample_rate: int = 16000, triplets: bool = False, seed: int = 0,
+                 augmentation: Augmentation | None = None):
         self.info = info
         self.split = split
         self.items = info.items(split)
@@ -214,6 +221,7 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
         self.triplets = triplets
         self.seed = seed
         self.epoch = 0
+        self.augmentation = augmentation
         self.by_subject: dict[str, list[int]] = {}
         for i, item in enumerate(self.items):
             self.by_subject.setdefault(item.subject, []).append(i)
@@ -248,23 +256,47 @@ class TalkingFaceDataset(torch.utils.data.Dataset):
         # A copy: the file is memory-mapped read-only, and torch needs a writable array.
         return np.array(resample_motion(raw, self.info.source_fps, self.info.fps), dtype=np.float32, order="C")
 
+    def _other_clip(self, index: int) -> Callable[[np.random.Generator], np.ndarray] | None:
+        """For babble: a function drawing the audio of a clip other than `index` (None if there is none)."""
+        if len(self.items) < 2:
+            return None
+        return lambda rng: self.audio(int((index + 1 + rng.integers(len(self.items) - 1)) % len(self.items)))
+
+    def _triplet_audio(self, source: int, index: int, role: str) -> np.ndarray:
+        """Clip `source`'s audio as the `role` ("positive" or "negative") of item `index`; with
+        augmentation degraded too, but without a speed change: these clips only feed the style
+        encoder's triplet loss, have no motion to keep in sync, and a speed change moves pitch and
+        speaking rate, the very cues that tell the positive's speaker from the negative's."""
+        if self.augmentation is None:
+            return self.audio(source)
+        rng = self.augmentation.generator(self.seed, self.epoch, index, role)
+        clip = self.augmentation(self.audio(source), rng=rng, other_clip=self._other_clip(source),
+                                 change_speed_allowed=False)
+        return clip.waveform
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
+        audio, vertices, segments = self.audio(index), self.vertices(index), self.phoneme_segments(index)
+        if self.augmentation is not None:
+            rng = self.augmentation.generator(self.seed, self.epoch, index)
+            clip = self.augmentation(audio, segments, vertices, rng=rng, other_clip=self._other_clip(index))
+            audio, vertices, segments = clip.waveform, clip.vertices, clip.phoneme_segments
         sample = {
             "name": item.name,
             "subject": item.subject,
-            "audio": torch.from_numpy(self.audio(index)),
-            "vertices": torch.from_numpy(self.vertices(index)),
+            "audio": torch.from_numpy(audio),
+            "vertices": torch.from_numpy(vertices),
             "template": torch.from_numpy(self.info.templates[item.subject].reshape(-1)),
-            "phoneme_segments": self.phoneme_segments(index),
+            "phoneme_segments": segments,
         }
         if self.triplets:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             same = [i for i in self.by_subject[item.subject] if i != index] or [index]
             others = [s for s in self.by_subject if s != item.subject]
-            negative = rng.choice(self.by_subject[others[rng.integers(len(others))]])
-            sample["positive_audio"] = torch.from_numpy(self.audio(int(rng.choice(same))))
-            sample["negative_audio"] = torch.from_numpy(self.audio(int(negative)))
+            negative = int(rng.choice(self.by_subject[others[rng.integers(len(others))]]))
+            positive = int(rng.choice(same))
+            sample["positive_audio"] = torch.from_numpy(self._triplet_audio(positive, index, "positive"))
+            sample["negative_audio"] = torch.from_numpy(self._triplet_audio(negative, index, "negative"))
         return sample
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .augment import DEFAULT_PROBABILITY, Augmentation
 from .checkpoint import load_model, save_model
 from .config import MemoryTalkerConfig
 from .data import Batch, DatasetInfo, TalkingFaceDataset, collate
@@ -59,6 +60,8 @@ class TrainOptions:
     asr_frame_weight: float = 0.0  # weight of the frame-wise phoneme term beside CTC in the asr stage
     freeze_backbone: bool = False  # stage 1: train the memory and decoder on a fixed audio backbone
     output_lr: float | None = None  # stage 1: the output projection's own learning rate (default: lr)
+    augment: bool = False  # degrade the training audio afresh every epoch (augment.py)
+    augment_prob: float | None = None  # with augment: each effect's probability (default augment.DEFAULT_PROBABILITY)
 
 
 class FixedBackboneLogits:
@@ -67,20 +70,24 @@ class FixedBackboneLogits:
     In stage 2, and in stage 1 with --freeze-backbone, the backbone runs in eval mode without
     gradients, so a clip's logits never change: computing them once leaves later epochs only the
     parts being trained to run. Each clip is encoded on its own, as at inference, so padding never
-    enters its logits.
+    enters its logits. With `reuse=False` (training with augmentation: a clip's audio differs every
+    epoch) nothing is kept and every batch is encoded afresh; keying the cache by epoch instead
+    would only fill memory, since no epoch's audio comes back.
     """
 
-    def __init__(self, model: MemoryTalker):
+    def __init__(self, model: MemoryTalker, reuse: bool = True):
         self.encoder = model.audio_encoder
+        self.reuse = reuse
         self.logits: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits if self.reuse else {}
         for name, waveform, frames in zip(batch.names, batch.waveforms, batch.frame_counts):
-            if name not in self.logits:
-                self.logits[name] = self.encoder([waveform], [frames])[0][0]
-        logits = torch.nn.utils.rnn.pad_sequence([self.logits[name] for name in batch.names], batch_first=True)
-        return logits, batch.mask
+            if name not in logits:
+                logits[name] = self.encoder([waveform], [frames])[0][0]
+        padded = torch.nn.utils.rnn.pad_sequence([logits[name] for name in batch.names], batch_first=True)
+        return padded, batch.mask
 
 
 def _seed(seed: int, epoch: int) -> torch.Generator:
@@ -182,6 +189,8 @@ def train(opts: TrainOptions) -> Path:
                                 "the asr stage trains the backbone itself)")
     if opts.output_lr is not None and opts.stage != "1":
         raise MemoryTalkerError("--output-lr is for stage 1, the only stage that trains the output projection")
+    if opts.augment_prob is not None and not opts.augment:
+        raise MemoryTalkerError("--augment-prob sets the probability of each effect of --augment: give --augment too")
     opts.out = Path(opts.out)
     info = DatasetInfo.open(opts.data, opts.dataset)
     device = resolve_device(opts.device)
@@ -189,10 +198,15 @@ def train(opts: TrainOptions) -> Path:
     trainable = set(model.set_stage(opts.stage, opts.freeze_backbone))
     optimizer = make_optimizer([(name, p) for name, p in model.named_parameters() if p in trainable],
                                opts.lr or DEFAULT_LR[opts.stage], opts.adam_eps, opts.output_lr)
-    train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2", seed=opts.seed)
+    # The training split only: validation and test clips are always heard as recorded.
+    augmentation = Augmentation(DEFAULT_PROBABILITY if opts.augment_prob is None else opts.augment_prob,
+                                model.config.sample_rate) if opts.augment else None
+    augmentation_record = augmentation.describe() if augmentation else None
+    train_set = TalkingFaceDataset(info, "train", model.config.sample_rate, triplets=opts.stage == "2",
+                                   seed=opts.seed, augmentation=augmentation)
     has_val = bool(info.items("val")) if "val" in info.splits else False
     lips = torch.from_numpy(info.lip_indices).to(device)
-    fixed_logits = FixedBackboneLogits(model) if model.backbone_fixed else None
+    fixed_logits = FixedBackboneLogits(model, reuse=augmentation is None) if model.backbone_fixed else None
 
     start_epoch, best, history = 0, float("inf"), []
     state_path = opts.out / STATE_FILE
@@ -204,6 +218,13 @@ def train(opts: TrainOptions) -> Path:
         if saved_groups != [group["name"] for group in optimizer.param_groups]:
             raise MemoryTalkerError(f"{opts.out} was trained {'with' if 'output' in saved_groups else 'without'} "
                                     "--output-lr: resume it the same way, or start a new run in another --out folder")
+        # Runs saved before augmentation existed have no record: they trained without it.
+        saved_augmentation = state.get("augmentation")
+        if saved_augmentation != augmentation_record:
+            raise MemoryTalkerError(
+                f"{opts.out} was trained " + (f"with --augment (probabilities {saved_augmentation})"
+                                              if saved_augmentation else "without --augment")
+                + ": resume it the same way, or start a new run in another --out folder")
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
             group["eps"] = opts.adam_eps
@@ -243,13 +264,14 @@ def train(opts: TrainOptions) -> Path:
             record.update({f"val_{k}": v for k, v in evaluate_model(model, info, "val", progress=False).items()})
         score = record.get("val_PER", record.get("val_LVE", record["train_total"]))
         history.append(record)
-        meta = {"stage": opts.stage, "epoch": epoch + 1, "seed": opts.seed, "data": str(opts.data), "metrics": record}
+        meta = {"stage": opts.stage, "epoch": epoch + 1, "seed": opts.seed, "data": str(opts.data),
+                "augmentation": augmentation_record, "metrics": record}
         save_model(model, opts.out / "last", meta)
         if score < best:
             best = score
             shutil.copytree(opts.out / "last", opts.out / "best", dirs_exist_ok=True)
         torch.save({"stage": opts.stage, "epoch": epoch, "best": best, "history": json.dumps(history),
-                    "optimizer": optimizer.state_dict()}, state_path)
+                    "augmentation": augmentation_record, "optimizer": optimizer.state_dict()}, state_path)
         (opts.out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         log.info("epoch %d: %s", epoch + 1, record)
     return opts.out / "best"
