@@ -1,6 +1,7 @@
 """The synthetic corpus and the demo head: determinism, layout, articulation, styles, errors."""
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from dataclasses import replace
@@ -14,6 +15,7 @@ from model_core.data import DatasetInfo, TalkingFaceDataset
 from model_core.errors import MemoryTalkerError
 from model_core.synthetic.corpus import Pauses, speak, synthesize_corpus
 from model_core.synthetic.head import demo_head
+from model_core.synthetic.prosody import Prosody, audible_jaw_gain, measure
 from model_core.synthetic.rig import Rig
 from model_core.synthetic.speakers import make_speakers, speaker_template
 from model_core.synthetic.speech import ESpeak, synthesizer_for
@@ -237,3 +239,28 @@ def test_free_text_never_teaches_the_words_of_the_held_out_lines():
     grammar = words(generator.SUBJECTS + generator.VERBS + generator.OBJECTS + generator.PLACES + generator.CLAUSES)
     assert SENTENCE in HELD_OUT_LINES
     assert not (words(HELD_OUT_LINES) - grammar) & {w.lower() for w in generator.VOCABULARY}
+
+
+def test_the_jaw_style_follows_what_can_be_heard_of_the_voice(corpus):
+    """Each speaker's jaw amplitude is the drawn one times the gain of the prosody measured on the
+    speaker's clips, and that prosody moves with the voice settings a listener hears."""
+    drawn = {s.name: s.style.jaw_amplitude for s in make_speakers(8, seed=0)}
+    written = json.loads((corpus / "speakers.json").read_text())
+    gains = []
+    for speaker in written:
+        gain = audible_jaw_gain(Prosody(**speaker["prosody"]))
+        assert speaker["style"]["jaw_amplitude"] == pytest.approx(drawn[speaker["name"]] * gain, rel=1e-2)
+        gains.append(gain)
+    assert max(gains) / min(gains) > 1.2, "the voices differ audibly, and so do their jaws"
+
+    espeak, text = ESpeak(), "Maybe the bottle of milk was put back on the top shelf by Paul."
+
+    def heard(**voice):
+        utterance = espeak.synthesize(text, "en-us+m3", **voice)
+        return measure(utterance.samples, utterance.sample_rate, expand(utterance.phonemes))
+
+    flat, lively = heard(pitch_range=10), heard(pitch_range=95)
+    slow, fast = heard(rate=120), heard(rate=260)
+    assert lively.pitch_range > flat.pitch_range + 2 and audible_jaw_gain(lively) > audible_jaw_gain(flat)
+    assert fast.speaking_rate > slow.speaking_rate * 1.5 and audible_jaw_gain(fast) < audible_jaw_gain(slow)
+    assert audible_jaw_gain(None) == 1.0

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ from ..errors import MemoryTalkerError
 from .head import DemoHead, demo_head
 from .rig import PARAMETERS, Rig
 from .sentences import sentences as make_sentences
-from .speakers import Speaker, asymmetric, make_speakers, speaker_template
+from .prosody import audible_jaw_gain, combine, measure
+from .speakers import Speaker, Style, asymmetric, make_speakers, speaker_template
 from .speech import FLITE_PREFIX, ESpeak, Flite, Utterance, synthesizer_for
 from .visemes import ENGLISH_PHONEMES, expand, trajectory
 
@@ -89,30 +90,43 @@ class Pauses:
         return Utterance(samples, rate, [("_", 0.0, shift), *phonemes, ("_", phonemes[-1][2] if phonemes else shift, end)])
 
 
-def speak(speaker: Speaker, text: str, synthesizer, rig: Rig, head: DemoHead, template: np.ndarray,
-          pauses: Pauses | None = None):
-    """One sentence by one speaker: (utterance with phoneme timings, parameters (T, 8), vertices (T, V, 3))."""
+def say(speaker: Speaker, text: str, synthesizer, pauses: Pauses | None = None) -> Utterance:
+    """One sentence in the speaker's voice, with phoneme timings (and the pauses around it)."""
     voice = speaker.voice
     utterance = synthesizer.synthesize(text, voice.name, voice.rate, voice.pitch, voice.pitch_range, voice.volume)
-    if pauses is not None:
-        utterance = pauses.apply(utterance)
+    return pauses.apply(utterance) if pauses is not None else utterance
+
+
+def animate_utterance(utterance: Utterance, style: Style, rig: Rig, head: DemoHead, template: np.ndarray):
+    """(parameters (T, 8), vertices (T, V, 3)) at FPS for an utterance's phoneme timings."""
     frames = max(1, int(round(len(utterance.samples) / utterance.sample_rate * FPS)))
-    params = speaker.style.scale(trajectory(utterance.phonemes, frames, FPS, speaker.style.smoothness))
-    motion = asymmetric(rig.displacements(params), head, speaker.style.asymmetry)
-    return utterance, params, template[None] + motion
+    params = style.scale(trajectory(utterance.phonemes, frames, FPS, style.smoothness))
+    motion = asymmetric(rig.displacements(params), head, style.asymmetry)
+    return params, template[None] + motion
 
 
-def _speaker_clips(job: tuple[str, list[str], list[Pauses]]) -> list[tuple[float, list[str]]]:
+def speak(speaker: Speaker, text: str, synthesizer, rig: Rig, head: DemoHead, template: np.ndarray,
+          pauses: Pauses | None = None):
+    """One sentence by one speaker in the speaker's drawn style: (utterance with phoneme timings,
+    parameters (T, 8), vertices (T, V, 3))."""
+    utterance = say(speaker, text, synthesizer, pauses)
+    return (utterance, *animate_utterance(utterance, speaker.style, rig, head, template))
+
+
+def _speaker_clips(job: tuple[str, list[str], list[Pauses]]) -> tuple[list[tuple[float, list[str]]], dict]:
     """All sentences of one speaker, in order, in a fresh process: espeak-ng's output depends on what
-    the process synthesised before, so this makes every file independent of the number of workers."""
+    the process synthesised before, so this makes every file independent of the number of workers.
+    The speaker's jaw amplitude follows the prosody measured on all of them (prosody.py)."""
     speaker_name, texts, pauses = job
     speaker = _state["speakers"][speaker_name]
     synthesizer = synthesizer_for(speaker.voice.name, None if speaker.voice.name.startswith(FLITE_PREFIX)
                                   else ESpeak(fresh=True))
+    utterances = [say(speaker, text, synthesizer, pause) for text, pause in zip(texts, pauses)]
+    heard = combine([measure(u.samples, u.sample_rate, expand(u.phonemes)) for u in utterances])
+    style = replace(speaker.style, jaw_amplitude=speaker.style.jaw_amplitude * audible_jaw_gain(heard))
     results = []
-    for number, (text, pause) in enumerate(zip(texts, pauses), start=1):
-        utterance, params, vertices = speak(speaker, text, synthesizer, _state["rig"],
-                                            _state["head"], _state["templates"][speaker_name], pause)
+    for number, utterance in enumerate(utterances, start=1):
+        params, vertices = animate_utterance(utterance, style, _state["rig"], _state["head"], _state["templates"][speaker_name])
         name = f"{speaker_name}_sentence{number:02d}"
         out: Path = _state["out"]
         sf.write(out / "wav" / f"{name}.wav", utterance.samples, utterance.sample_rate, subtype="PCM_16")
@@ -121,7 +135,7 @@ def _speaker_clips(job: tuple[str, list[str], list[Pauses]]) -> list[tuple[float
         segments = [[phoneme, round(start, 5), round(end, 5)] for phoneme, start, end in expand(utterance.phonemes)]
         (out / "phonemes" / f"{name}.json").write_text(json.dumps(segments, ensure_ascii=False) + "\n", encoding="utf-8")
         results.append((len(utterance.samples) / utterance.sample_rate, [p for p, _, _ in expand(utterance.phonemes)]))
-    return results
+    return results, {"style": asdict(style), "prosody": heard.describe() if heard else None}
 
 
 def _check_folder(out: Path) -> None:
@@ -165,13 +179,14 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
         rng = np.random.default_rng([seed, 2, i])
         jobs.append((s.name, make_sentences(sentences, seed * 1000 + i, free_text), [Pauses.draw(rng) for _ in range(sentences)]))
     _prepare_state(out, dtype, cast)  # built once here; the forked workers inherit it
-    durations, seen = [], set()
+    durations, seen, heard = [], set(), {}
     context = multiprocessing.get_context("fork")
     with context.Pool(workers or os.cpu_count() or 1, maxtasksperchild=1) as pool, \
             tqdm(total=speakers * sentences, desc="synth", unit="clip", disable=not progress) as bar:
-        for clips in pool.imap(_speaker_clips, jobs):
+        for (name, _, _), (clips, speaker_style) in zip(jobs, pool.imap(_speaker_clips, jobs)):
             durations += [duration for duration, _ in clips]
             seen.update(p for _, phonemes in clips for p in phonemes)
+            heard[name] = speaker_style
             bar.update(len(clips))
     with open(out / "templates.pkl", "wb") as f:
         pickle.dump(_state["templates"], f, protocol=4)
@@ -181,7 +196,7 @@ def synthesize_corpus(out: str | Path, speakers: int = 8, sentences: int = 20, s
     splits = {split: {"subjects": [s.name for s in cast if s.split == split], "sentences": list(range(1, sentences + 1))}
               for split in ("train", "val", "test")}
     (out / "dataset.json").write_text(json.dumps({"fps": FPS, "source_fps": FPS, "splits": splits}, indent=1) + "\n")
-    (out / "speakers.json").write_text(json.dumps([s.describe() for s in cast], indent=1) + "\n")
+    (out / "speakers.json").write_text(json.dumps([{**s.describe(), **heard[s.name]} for s in cast], indent=1) + "\n")
     inventory = ENGLISH_PHONEMES
     elapsed = time.perf_counter() - started
     hours = sum(durations) / 3600

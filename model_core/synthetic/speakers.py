@@ -1,9 +1,8 @@
 """Synthetic speakers: a voice, an identity (a reshaped neutral head) and a speaking style.
 
-Part of the style is a function of the voice, as MemoryTalker assumes (style can be read from the
-audio): louder voices open the jaw wider (+35 % at volume 150 against 100) and lower voices
-too (+20 % at pitch 20 against 50). The rest is drawn per speaker. Test speakers use voices that
-no training or validation speaker uses.
+The style is drawn per speaker; the corpus writers then scale its jaw amplitude by what can be
+heard of the voice (prosody.py), as MemoryTalker assumes style can be read from the audio. Test
+speakers use voices that no training or validation speaker uses.
 """
 from __future__ import annotations
 
@@ -60,10 +59,6 @@ class Speaker:
                 "identity": self.identity}
 
 
-def voice_driven_jaw(voice: Voice) -> float:
-    return (1.0 + 0.35 * (voice.volume - 100) / 50) * (1.0 + 0.20 * (50 - voice.pitch) / 30)
-
-
 def make_speakers(count: int, seed: int, voices: list[str] | None = None) -> list[Speaker]:
     """`count` speakers: about 1/8 (at least one) for validation and 1/8 with unseen voices for test."""
     rng = np.random.default_rng([seed, 1])
@@ -80,15 +75,24 @@ def make_speakers(count: int, seed: int, voices: list[str] | None = None) -> lis
         name = base if base.startswith("flite:") else f"{base}+{variant}"  # flite voices have no variants
         voice = Voice(name, int(rng.integers(55, 85) if female else rng.integers(15, 50)),
                       int(rng.integers(30, 80)), int(rng.integers(140, 200)), int(rng.integers(70, 160)))
-        style = Style(jaw_amplitude=float(rng.uniform(0.75, 1.15) * voice_driven_jaw(voice)),
-                      protrusion=float(rng.uniform(0.6, 1.4)), spread=float(rng.uniform(0.6, 1.4)),
-                      closure_tightness=float(rng.uniform(0.6, 1.4)), asymmetry=float(rng.uniform(-0.25, 0.25)),
-                      smoothness=float(rng.uniform(0.045, 0.085)))
-        identity = {"width": float(rng.uniform(0.93, 1.07)), "height": float(rng.uniform(0.95, 1.05)),
-                    "depth": float(rng.uniform(0.95, 1.05)), "jaw_width": float(rng.uniform(0.92, 1.08)),
-                    "nose": float(rng.uniform(-0.004, 0.004))}
-        speakers.append(Speaker(f"Speaker{index:02d}", split, voice, style, identity))
+        style = draw_style(rng)
+        speakers.append(Speaker(f"Speaker{index:02d}", split, voice, style, draw_identity(rng)))
     return speakers
+
+
+def draw_style(rng: np.random.Generator, jaw_gain: float = 1.0) -> Style:
+    """A speaking style drawn at random; `jaw_gain` scales its jaw amplitude."""
+    return Style(jaw_amplitude=float(rng.uniform(0.75, 1.15) * jaw_gain),
+                 protrusion=float(rng.uniform(0.6, 1.4)), spread=float(rng.uniform(0.6, 1.4)),
+                 closure_tightness=float(rng.uniform(0.6, 1.4)), asymmetry=float(rng.uniform(-0.25, 0.25)),
+                 smoothness=float(rng.uniform(0.045, 0.085)))
+
+
+def draw_identity(rng: np.random.Generator) -> dict:
+    """A face's proportions, for `speaker_template`."""
+    return {"width": float(rng.uniform(0.93, 1.07)), "height": float(rng.uniform(0.95, 1.05)),
+            "depth": float(rng.uniform(0.95, 1.05)), "jaw_width": float(rng.uniform(0.92, 1.08)),
+            "nose": float(rng.uniform(-0.004, 0.004))}
 
 
 def speaker_template(head: DemoHead, identity: dict) -> np.ndarray:
