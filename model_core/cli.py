@@ -131,6 +131,40 @@ def run_synth(args) -> int:
     return 0
 
 
+def _add_corpus(sub) -> None:
+    p = sub.add_parser("corpus", help="a talking-head corpus from recorded speech with transcripts (the `synth` "
+                                      "layout; pocketsphinx forced alignment drives the demo head's rig)")
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                   help="CSV manifests (audio,text,speaker[,split]) or folders of NAME.wav + NAME.txt per speaker folder")
+    p.add_argument("--out", required=True, type=Path, help="corpus folder (written as OUT.partial, then renamed)")
+    p.add_argument("--seed", type=int, default=0, help="draws each speaker's style, face and split")
+    p.add_argument("--held-out", type=float, default=0.125, metavar="SHARE",
+                   help="share of the speakers (not pinned by a split column) for each of val and test (default 0.125)")
+    p.add_argument("--lexicon", type=Path, action="append", default=[],
+                   help="extra pronunciations (WORD PHONE ... in ARPAbet), before espeak-ng's guesses; repeatable")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--include", type=Path, action="append", default=[], metavar="CORPUS",
+                   help="a finished corpus of the demo head (synth or corpus) to fold in, its splits kept; repeatable")
+
+
+def run_corpus(args) -> int:
+    from .synthetic.recorded import build_corpus
+
+    if not args.inputs and not args.include:
+        raise MemoryTalkerError("give recordings (manifests or folders) and/or --include CORPUS")
+    summary = build_corpus(args.inputs, args.out, args.seed, args.held_out, args.lexicon, args.dtype, args.workers,
+                           overwrite=args.overwrite, include=args.include)
+    split_text = ", ".join(f"{n} {k}" for k, n in summary["speakers"].items())
+    reasons = ", ".join(f"{n} {reason}" for reason, n in summary["skipped_by_reason"].items()) or "none"
+    print(f"{summary['clips']} clips, {summary['hours'] * 60:.1f} min of audio, speakers: {split_text}; "
+          f"skipped {summary['clips_skipped']} ({reasons}; see skipped.csv); {summary['clips_aligned_on_retry']} aligned "
+          f"on a wider beam; {len(summary['words_guessed'])} words pronounced by espeak-ng's rules; phoneme coverage "
+          f"{summary['phoneme_coverage']}; {summary['seconds']} s ({summary['realtime_factor']}x real time) -> {args.out}")
+    return 0
+
+
 def run_train(args) -> int:
     from .train import ADAM_EPS, TrainOptions, train
 
@@ -230,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_core", description="MemoryTalker: speech-driven 3D facial animation")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_animate, _add_import, _add_synth):
+    for add in (_add_train, _add_evaluate, _add_animate, _add_import, _add_synth, _add_corpus):
         add(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     handlers = {"train": run_train, "evaluate": run_evaluate, "animate": run_animate, "import-official": run_import,
-                "synth": run_synth}
+                "synth": run_synth, "corpus": run_corpus}
     try:
         return handlers[args.command](args)
     except MemoryTalkerError as exc:

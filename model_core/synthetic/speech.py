@@ -25,6 +25,7 @@ INITIALIZE_PHONEME_EVENTS = 0x0001
 INITIALIZE_PHONEME_IPA = 0x0002
 EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_END, EVENT_PHONEME = 0, 1, 5, 7
 POS_CHARACTER, CHARS_UTF8 = 1, 1
+PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA rather than espeak's ASCII names
 PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE = 1, 2, 3, 4
 
 
@@ -155,6 +156,21 @@ class ESpeak:
             raise MemoryTalkerError(f"espeak-ng could not synthesise {text!r} (status {status})")
         samples = (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
         return Utterance(samples, self.sample_rate, _phoneme_intervals(events, len(samples), self.sample_rate))
+
+
+    def pronounce(self, word: str, voice: str = "en-us") -> str:
+        """espeak-ng's IPA for `word` (its letter-to-sound rules reach words no dictionary has)."""
+        with ESpeak._lock:
+            library = self.library
+            library.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            library.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+            if library.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise MemoryTalkerError(f"espeak-ng has no voice {voice!r}")
+            text = ctypes.c_char_p(word.encode() + b"\0")
+            parts = []
+            while text.value:  # one clause per call; the pointer advances past it
+                parts.append((library.espeak_TextToPhonemes(ctypes.byref(text), CHARS_UTF8, PHONEMES_IPA) or b"").decode())
+        return " ".join(parts)
 
 
 def _phoneme_intervals(events, total: int, rate: int) -> list[tuple[str, float, float]]:
