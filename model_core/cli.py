@@ -162,6 +162,10 @@ def run_corpus(args) -> int:
           f"skipped {summary['clips_skipped']} ({reasons}; see skipped.csv); {summary['clips_aligned_on_retry']} aligned "
           f"on a wider beam; {len(summary['words_guessed'])} words pronounced by espeak-ng's rules; phoneme coverage "
           f"{summary['phoneme_coverage']}; {summary['seconds']} s ({summary['realtime_factor']}x real time) -> {args.out}")
+    for folder, included in summary.get("included", {}).items():
+        print(f"  + {folder}: {included['clips']} clips, {included['hours'] * 60:.1f} min")
+    if "hours_total" in summary:
+        print(f"  {summary['hours_total']:.2f} h in all")
     return 0
 
 
