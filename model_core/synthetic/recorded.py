@@ -209,11 +209,11 @@ class Aligner:
                 self._pronunciation(decoder, word)
             try:
                 decoder.set_align_text(" ".join(words))
-                for _ in range(2):  # the first pass finds the words, the second the phones within them
+                for finding_words in (True, False):  # the first pass finds the words, the second their phones
                     decoder.start_utt()
                     decoder.process_raw(pcm, full_utt=True)
                     decoder.end_utt()
-                    if _ == 0:
+                    if finding_words:
                         decoder.set_alignment()
                 alignment = decoder.get_alignment()
             except (RuntimeError, ValueError):
@@ -259,10 +259,6 @@ class SpeakerStyle:
     prosody: Prosody | None = None
 
 
-def _seed_of(seed: int, name: str) -> list[int]:
-    return [seed, 3, zlib.crc32(name.encode())]
-
-
 def assign_splits(speakers: list[str], pinned: dict[str, str], seed: int, held_out: float) -> dict[str, str]:
     """Speaker -> split. Speakers not pinned by a manifest go to val and test by a seeded draw of
     `held_out` of them each (at least one each once there are three or more), the rest to train.
@@ -278,10 +274,10 @@ def assign_splits(speakers: list[str], pinned: dict[str, str], seed: int, held_o
 _state: dict = {}
 
 
-def _align_job(job: tuple[int, Clip, str]) -> dict:
+def _align_job(job: tuple[Clip, str]) -> dict:
     """First pass over one clip in a worker: read, align, write its audio and phoneme times, and
     measure its prosody. Returns what the summary needs, or why the clip was skipped."""
-    number, clip, name = job
+    clip, name = job
     out: Path = _state["out"]
     try:
         waveform = load_audio(clip.audio, SAMPLE_RATE)
@@ -349,7 +345,7 @@ def build_corpus(inputs: list[Path], out: str | Path, seed: int = 0, held_out: f
     head = demo_head()
     speakers = {}
     for name in sorted(splits):
-        rng = np.random.default_rng(_seed_of(seed, name))
+        rng = np.random.default_rng([seed, 3, zlib.crc32(name.encode())])
         identity = draw_identity(rng)
         speakers[name] = SpeakerStyle(name, splits[name], draw_style(rng), identity, speaker_template(head, identity))
     partial = out.with_name(out.name + ".partial")
@@ -362,7 +358,7 @@ def build_corpus(inputs: list[Path], out: str | Path, seed: int = 0, held_out: f
     jobs, per_speaker = [], Counter()
     for clip in sorted(clips, key=lambda c: (c.speaker, str(c.audio))):
         per_speaker[clip.speaker] += 1
-        jobs.append((len(jobs), clip, f"{clip.speaker}_clip{per_speaker[clip.speaker]:04d}"))
+        jobs.append((clip, f"{clip.speaker}_clip{per_speaker[clip.speaker]:04d}"))
     _state.update(out=partial, dtype=np.dtype(dtype), head=head, rig=Rig(head), speakers=speakers,
                   aligner=Aligner(lexicons))
     try:
@@ -375,11 +371,11 @@ def build_corpus(inputs: list[Path], out: str | Path, seed: int = 0, held_out: f
                     bar.update()
             # The speakers' styles follow the prosody of all their clips; the workers fork afresh to see them.
             for speaker in speakers.values():
-                speaker.prosody = combine([r.get("prosody") for (_, clip, _), r in zip(jobs, results)
+                speaker.prosody = combine([r.get("prosody") for (clip, _), r in zip(jobs, results)
                                            if clip.speaker == speaker.name and "skipped" not in r])
                 speaker.style = replace(speaker.style, jaw_amplitude=speaker.style.jaw_amplitude
                                         * audible_jaw_gain(speaker.prosody))
-        animate = [(r["name"], clip.speaker, r["seconds"]) for (_, clip, _), r in zip(jobs, results) if "skipped" not in r]
+        animate = [(r["name"], clip.speaker, r["seconds"]) for (clip, _), r in zip(jobs, results) if "skipped" not in r]
         with context.Pool(workers or os.cpu_count() or 1) as pool, \
                 tqdm(total=len(animate), desc="animate", unit="clip", disable=not progress) as bar:
             for _ in pool.imap(_animate_job, animate, chunksize=8):
@@ -446,7 +442,7 @@ def _fold_in(corpus: dict, out: Path, summary: dict) -> None:
 
 def _finish(out: Path, jobs, results, skipped, speakers, head, dtype, inputs, only_included: bool = False) -> dict:
     made = []
-    for (_, clip, name), result in zip(jobs, results):
+    for (clip, _), result in zip(jobs, results):
         if "skipped" in result:
             skipped.append({"input": result["skipped"], "reason": result["reason"], "detail": result["detail"]})
         else:
