@@ -141,6 +141,8 @@ def figures(clips: list[ClipApertures]) -> dict[str, float | int | None]:
         "closure_rate": float(np.mean(closed)) if closed else None,
         "ratio": float(np.mean(bilabial)) / open_mean if bilabial and open_mean > 0 else None,
         "pause_aperture_mm": 1e3 * float(np.median(pauses)) if pauses else None,
+        "bilabial_centre_mm": 1e3 * float(np.mean(bilabial)) if bilabial else None,
+        "open_vowel_centre_mm": 1e3 * open_mean if open_vowel else None,
         "bilabials": sum(len(clip.bilabial_closest) for clip in clips),
         "bilabials_without_reference": sum(len(clip.bilabial_closest) for clip in clips if clip.closed() is None),
         "open_vowels": len(open_vowel),
