@@ -97,10 +97,12 @@ def say(speaker: Speaker, text: str, synthesizer, pauses: Pauses | None = None) 
     return pauses.apply(utterance) if pauses is not None else utterance
 
 
-def animate_utterance(utterance: Utterance, style: Style, rig: Rig, head: DemoHead, template: np.ndarray):
-    """(parameters (T, 8), vertices (T, V, 3)) at FPS for an utterance's phoneme timings."""
-    frames = max(1, int(round(len(utterance.samples) / utterance.sample_rate * FPS)))
-    params = style.scale(trajectory(utterance.phonemes, frames, FPS, style.smoothness))
+def animate_phonemes(phonemes: list[tuple[str, float, float]], seconds: float, style: Style, rig: Rig,
+                     head: DemoHead, template: np.ndarray):
+    """(parameters (T, 8), vertices (T, V, 3)) at FPS for `seconds` of timed phonemes in a style;
+    both corpus writers (synthetic and recorded speech) animate through this."""
+    frames = max(1, int(round(seconds * FPS)))
+    params = style.scale(trajectory(phonemes, frames, FPS, style.smoothness))
     motion = asymmetric(rig.displacements(params), head, style.asymmetry)
     return params, template[None] + motion
 
@@ -110,7 +112,8 @@ def speak(speaker: Speaker, text: str, synthesizer, rig: Rig, head: DemoHead, te
     """One sentence by one speaker in the speaker's drawn style: (utterance with phoneme timings,
     parameters (T, 8), vertices (T, V, 3))."""
     utterance = say(speaker, text, synthesizer, pauses)
-    return (utterance, *animate_utterance(utterance, speaker.style, rig, head, template))
+    seconds = len(utterance.samples) / utterance.sample_rate
+    return (utterance, *animate_phonemes(utterance.phonemes, seconds, speaker.style, rig, head, template))
 
 
 def _speaker_clips(job: tuple[str, list[str], list[Pauses]]) -> tuple[list[tuple[float, list[str]]], dict]:
@@ -126,15 +129,18 @@ def _speaker_clips(job: tuple[str, list[str], list[Pauses]]) -> tuple[list[tuple
     style = replace(speaker.style, jaw_amplitude=speaker.style.jaw_amplitude * audible_jaw_gain(heard))
     results = []
     for number, utterance in enumerate(utterances, start=1):
-        params, vertices = animate_utterance(utterance, style, _state["rig"], _state["head"], _state["templates"][speaker_name])
+        seconds = len(utterance.samples) / utterance.sample_rate
+        params, vertices = animate_phonemes(utterance.phonemes, seconds, style, _state["rig"], _state["head"],
+                                            _state["templates"][speaker_name])
         name = f"{speaker_name}_sentence{number:02d}"
         out: Path = _state["out"]
         sf.write(out / "wav" / f"{name}.wav", utterance.samples, utterance.sample_rate, subtype="PCM_16")
         np.save(out / "vertices_npy" / f"{name}.npy", vertices.reshape(len(vertices), -1).astype(_state["dtype"]))
         np.save(out / "params" / f"{name}.npy", params.astype(np.float32))
-        segments = [[phoneme, round(start, 5), round(end, 5)] for phoneme, start, end in expand(utterance.phonemes)]
+        expanded = expand(utterance.phonemes)
+        segments = [[phoneme, round(start, 5), round(end, 5)] for phoneme, start, end in expanded]
         (out / "phonemes" / f"{name}.json").write_text(json.dumps(segments, ensure_ascii=False) + "\n", encoding="utf-8")
-        results.append((len(utterance.samples) / utterance.sample_rate, [p for p, _, _ in expand(utterance.phonemes)]))
+        results.append((seconds, [p for p, _, _ in expanded]))
     return results, {"style": asdict(style), "prosody": heard.describe() if heard else None}
 
 

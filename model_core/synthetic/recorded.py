@@ -43,12 +43,12 @@ from tqdm import tqdm
 from ..audio import load_audio
 from ..errors import AudioError, MemoryTalkerError
 from .arpabet import SILENT, from_ipa, to_ipa
-from .corpus import FPS, write_head
+from .corpus import FPS, animate_phonemes, write_head
 from .head import demo_head
 from .rig import Rig
 from .prosody import Prosody, audible_jaw_gain, combine, measure
-from .speakers import Style, asymmetric, draw_identity, draw_style, speaker_template
-from .visemes import ENGLISH_PHONEMES, trajectory
+from .speakers import Style, draw_identity, draw_style, speaker_template
+from .visemes import ENGLISH_PHONEMES
 
 SAMPLE_RATE = 16000
 # Digital silence around a clip while aligning: without it the aligner loses clips that start at
@@ -310,10 +310,8 @@ def _animate_job(job: tuple[str, str, float]) -> None:
     out: Path = _state["out"]
     segments = [tuple(s) for s in json.loads((out / "phonemes" / f"{name}.json").read_text(encoding="utf-8"))]
     speaker: SpeakerStyle = _state["speakers"][speaker_name]
-    frames = max(1, int(round(seconds * FPS)))
-    params = speaker.style.scale(trajectory(segments, frames, FPS, speaker.style.smoothness))
-    vertices = speaker.template[None] + asymmetric(_state["rig"].displacements(params), _state["head"], speaker.style.asymmetry)
-    np.save(out / "vertices_npy" / f"{name}.npy", vertices.reshape(frames, -1).astype(_state["dtype"]))
+    params, vertices = animate_phonemes(segments, seconds, speaker.style, _state["rig"], _state["head"], speaker.template)
+    np.save(out / "vertices_npy" / f"{name}.npy", vertices.reshape(len(vertices), -1).astype(_state["dtype"]))
     np.save(out / "params" / f"{name}.npy", params.astype(np.float32))
 
 

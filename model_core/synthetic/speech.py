@@ -89,6 +89,8 @@ class ESpeak:
             library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
             library.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+            library.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            library.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
             self.library, self._rate = library, rate
             if not fresh:
                 ESpeak._shared = (library, rate)
@@ -157,13 +159,10 @@ class ESpeak:
         samples = (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
         return Utterance(samples, self.sample_rate, _phoneme_intervals(events, len(samples), self.sample_rate))
 
-
     def pronounce(self, word: str, voice: str = "en-us") -> str:
         """espeak-ng's IPA for `word` (its letter-to-sound rules reach words no dictionary has)."""
         with ESpeak._lock:
             library = self.library
-            library.espeak_TextToPhonemes.restype = ctypes.c_char_p
-            library.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
             if library.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise MemoryTalkerError(f"espeak-ng has no voice {voice!r}")
             text = ctypes.c_char_p(word.encode() + b"\0")
