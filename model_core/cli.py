@@ -29,6 +29,10 @@ def _add_train(sub) -> None:
     p.add_argument("--asr-frame-weight", type=float, default=0.0,
                    help="asr stage: weight of a frame-wise phoneme cross-entropy beside CTC, from the labels' "
                         "times (default 0: CTC only); it keeps each phoneme on its own frames")
+    p.add_argument("--bilabial-weight", type=float, default=1.0,
+                   help="how many times a frame inside a p, b or m counts in the asr stage's frame term and "
+                        "in stage 1's vertex error (default 1); above 1 the model closes the lips where it "
+                        "is unsure instead of leaving them half open. Needs phoneme timings")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -176,7 +180,8 @@ def run_train(args) -> int:
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
                               init=args.init, backbone=args.backbone, config=args.config, dataset=args.dataset,
                               num_workers=args.num_workers, no_memory=args.no_memory,
-                              asr_frame_weight=args.asr_frame_weight, freeze_backbone=args.freeze_backbone,
+                              asr_frame_weight=args.asr_frame_weight,
+                              bilabial_weight=args.bilabial_weight, freeze_backbone=args.freeze_backbone,
                               output_lr=args.output_lr, augment=args.augment, augment_prob=args.augment_prob,
                               adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
     print(f"best model: {best}")

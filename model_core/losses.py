@@ -5,14 +5,34 @@ import torch
 
 from .data import Batch
 from .model import MemoryTalker
+from .synthetic.visemes import BILABIAL
 
 AUX_WEIGHT = 0.01  # weight of (L_mem + L_align) in stage 1 and of (L_lip + L_style) in stage 2
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid frames of (B, T, D) tensors."""
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               frame_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over the valid frames of (B, T, D) tensors; with (B, T) frame_weights,
+    the weighted mean over those frames."""
+    weights = mask.to(pred.dtype) if frame_weights is None else mask * frame_weights
     per_frame = (pred - target).square().mean(-1)
-    return (per_frame * mask).sum() / mask.sum().clamp(min=1)
+    return (per_frame * weights).sum() / weights.sum().clamp(min=1)
+
+
+def bilabial_frame_weights(batch: Batch, frames: int, fps: float, weight: float) -> torch.Tensor:
+    """(B, frames): `weight` at the frames whose centre lies inside a p, b or m of the clip's phoneme
+    timings, 1 elsewhere. The closed lips of a bilabial last a few frames and a hedging model
+    leaves them half open; counting those frames more makes a missed closure cost what it costs
+    the viewer."""
+    if any(segments is None for segments in batch.phoneme_segments):
+        raise ValueError("weighting bilabial frames needs phoneme timings (phonemes/NAME.json) for every clip")
+    weights = torch.ones(len(batch.phoneme_segments), frames)
+    centres = (torch.arange(frames, dtype=torch.float64) + 0.5) / fps
+    for row, segments in zip(weights, batch.phoneme_segments):
+        for phoneme, start, end in segments:
+            if phoneme in BILABIAL:
+                row[(centres >= start) & (centres < end)] = weight
+    return weights
 
 
 def velocity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -22,20 +42,24 @@ def velocity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
 
 
 def stage1_losses(model: MemoryTalker, batch: Batch,
-                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  bilabial_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """L_mse + L_vel over the retrieval pass and the teacher-forced pass, + 0.01 (L_mem + L_align).
 
     `encoded`: the batch's (logits, mask) when a fixed backbone's output is already known.
+    `bilabial_weight`: how many times a frame inside a p, b or m counts in L_mse (1: the paper's loss).
     """
     logits, mask = encoded if encoded is not None else model.audio_encoder(batch.waveforms, batch.frame_counts)
     target = batch.vertices - batch.templates[:, None]
+    weights = None if bilabial_weight == 1.0 else \
+        bilabial_frame_weights(batch, mask.shape[1], model.config.fps, bilabial_weight).to(target.device)
     pred = model.predict(logits, mask)
-    losses = {"mse": masked_mse(pred, target, mask), "vel": velocity_loss(pred, target, mask)}
+    losses = {"mse": masked_mse(pred, target, mask, weights), "vel": velocity_loss(pred, target, mask)}
     if model.config.use_memory:
         motion_features = model.motion_encoder(target)
         losses["mem"], losses["align"] = model.memory.losses(logits, motion_features, mask)
         teacher = model.decode(logits, motion_features, mask)
-        losses["mse"] = losses["mse"] + masked_mse(teacher, target, mask)
+        losses["mse"] = losses["mse"] + masked_mse(teacher, target, mask, weights)
         losses["vel"] = losses["vel"] + velocity_loss(teacher, target, mask)
         losses["total"] = losses["mse"] + losses["vel"] + AUX_WEIGHT * (losses["mem"] + losses["align"])
     else:
@@ -55,12 +79,15 @@ def frame_labels(segments: list[tuple[str, float, float]], frames: int, fps: flo
     return labels
 
 
-def asr_losses(model: MemoryTalker, batch: Batch, frame_weight: float = 0.0) -> dict[str, torch.Tensor]:
+def asr_losses(model: MemoryTalker, batch: Batch, frame_weight: float = 0.0,
+               bilabial_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """CTC between the backbone's logits (at the motion frame rate) and the clips' phoneme labels;
     token 0 of the model's vocabulary is the blank. With frame_weight > 0, plus that weight times a
     frame-wise cross-entropy on the phoneme sounding at each frame (the blank in silence): CTC
     alone may place its spikes anywhere in time (on the demo corpus about 150 ms ahead of the
-    sound), while the memory is addressed frame by frame."""
+    sound), while the memory is addressed frame by frame. `bilabial_weight`: how many times a frame
+    inside a p, b or m counts in that frame term (the memory closes the lips only where the
+    recogniser is sure of them)."""
     vocabulary = model.config.vocabulary
     index = {token: i for i, token in enumerate(vocabulary)}
     if any(segments is None for segments in batch.phoneme_segments):
@@ -76,7 +103,9 @@ def asr_losses(model: MemoryTalker, batch: Batch, frame_weight: float = 0.0) -> 
     per_frame = torch.nn.utils.rnn.pad_sequence(
         [frame_labels(s, n, model.config.fps, vocabulary) for s, n in zip(batch.phoneme_segments, batch.frame_counts)],
         batch_first=True).to(logits.device)
-    frame = torch.nn.functional.nll_loss(log_probs[mask], per_frame[mask])
+    weights = bilabial_frame_weights(batch, mask.shape[1], model.config.fps, bilabial_weight).to(logits.device)[mask]
+    frame_errors = torch.nn.functional.nll_loss(log_probs[mask], per_frame[mask], reduction="none")
+    frame = (frame_errors * weights).sum() / weights.sum()
     return {"ctc": ctc, "frame": frame, "total": ctc + frame_weight * frame}
 
 

@@ -58,6 +58,7 @@ class TrainOptions:
     no_memory: bool = False  # stage 1 of the "no memory" ablation (from --init: its backbone, a new decoder)
     adam_eps: float = ADAM_EPS
     asr_frame_weight: float = 0.0  # weight of the frame-wise phoneme term beside CTC in the asr stage
+    bilabial_weight: float = 1.0  # asr frame term and stage-1 L_mse: weight of the frames inside p, b, m
     freeze_backbone: bool = False  # stage 1: train the memory and decoder on a fixed audio backbone
     output_lr: float | None = None  # stage 1: the output projection's own learning rate (default: lr)
     augment: bool = False  # degrade the training audio afresh every epoch (augment.py)
@@ -189,6 +190,9 @@ def train(opts: TrainOptions) -> Path:
                                 "the asr stage trains the backbone itself)")
     if opts.output_lr is not None and opts.stage != "1":
         raise MemoryTalkerError("--output-lr is for stage 1, the only stage that trains the output projection")
+    if opts.bilabial_weight != 1.0 and (opts.stage == "2" or (opts.stage == "asr" and not opts.asr_frame_weight)):
+        raise MemoryTalkerError("--bilabial-weight weights frames of the asr stage's frame term (give "
+                                "--asr-frame-weight too) or of stage 1's vertex error; stage 2 has no use for it")
     if opts.augment_prob is not None and not opts.augment:
         raise MemoryTalkerError("--augment-prob sets the probability of each effect of --augment: give --augment too")
     opts.out = Path(opts.out)
@@ -246,9 +250,9 @@ def train(opts: TrainOptions) -> Path:
         for batch in bar:
             batch = batch.to(device)
             if opts.stage == "asr":
-                losses = asr_losses(model, batch, opts.asr_frame_weight)
+                losses = asr_losses(model, batch, opts.asr_frame_weight, opts.bilabial_weight)
             elif opts.stage == "1":
-                losses = stage1_losses(model, batch, fixed_logits(batch) if fixed_logits else None)
+                losses = stage1_losses(model, batch, fixed_logits(batch) if fixed_logits else None, opts.bilabial_weight)
             else:
                 losses = stage2_losses(model, batch, lips, fixed_logits(batch))
             optimizer.zero_grad(set_to_none=True)

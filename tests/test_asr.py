@@ -11,7 +11,7 @@ from model_core.checkpoint import load_model
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate
 from model_core.evaluate import edit_distance, greedy_ctc
-from model_core.losses import asr_losses, frame_labels
+from model_core.losses import asr_losses, bilabial_frame_weights, frame_labels, stage1_losses
 from model_core.train import TrainOptions, _new_stage1_model, phoneme_vocabulary, train
 from tests.conftest import tiny_backbone_config
 
@@ -93,3 +93,36 @@ def test_asr_loss_needs_labels_and_the_cli_says_what_is_missing(labelled, datase
     code = main(["train", "--stage", "asr", "--data", str(dataset_dir), "--out", str(tmp_path / "y"),
                  "--config", str(config), "--epochs", "1"])
     assert code == 2 and "has no phoneme labels" in capsys.readouterr().err
+
+
+def test_bilabial_weight_counts_the_frames_of_p_b_m_more_in_the_frame_term_and_stage1(labelled, tmp_path, capsys):
+    root, config = labelled
+    info = DatasetInfo.open(root)
+    model = _new_stage1_model(TrainOptions(stage="asr", data=root, out=tmp_path / "x", config=config), info)
+    batch = collate([TalkingFaceDataset(info, "train")[i] for i in range(2)])
+    frames = max(batch.frame_counts)
+    weights = bilabial_frame_weights(batch, frames, model.config.fps, 4.0)
+    for row, labels in zip(weights, batch.phoneme_segments):
+        expected = frame_labels(labels, frames, model.config.fps, ["<blank>", "b", "m"]) > 0
+        assert row.tolist() == [4.0 if bilabial else 1.0 for bilabial in expected.tolist()]
+    assert (weights == 4.0).any() and (weights == 1.0).any()
+
+    torch.manual_seed(0)
+    plain = asr_losses(model.eval(), batch, frame_weight=1.0)
+    weighted = asr_losses(model, batch, frame_weight=1.0, bilabial_weight=4.0)
+    assert torch.equal(plain["ctc"], weighted["ctc"]) and not torch.isclose(plain["frame"], weighted["frame"])
+    logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+    targets = torch.nn.utils.rnn.pad_sequence(
+        [frame_labels(s, n, model.config.fps, model.config.vocabulary)
+         for s, n in zip(batch.phoneme_segments, batch.frame_counts)], batch_first=True)
+    errors = torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask], reduction="none")
+    assert torch.isclose(weighted["frame"], (errors * weights[mask]).sum() / weights[mask].sum(), rtol=1e-4)
+
+    encoded = model.audio_encoder(batch.waveforms, batch.frame_counts)
+    plain_mse = stage1_losses(model, batch, encoded)["mse"]
+    assert abs(stage1_losses(model, batch, encoded, bilabial_weight=4.0)["mse"] - plain_mse) > 1e-3 * plain_mse
+
+    for stage, extra in (("asr", []), ("2", ["--init", str(tmp_path)])):
+        code = main(["train", "--stage", stage, "--data", str(root), "--out", str(tmp_path / "z"),
+                     "--config", str(config), "--epochs", "1", "--bilabial-weight", "4", *extra])
+        assert code == 2 and "--bilabial-weight" in capsys.readouterr().err
