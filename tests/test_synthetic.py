@@ -1,10 +1,15 @@
 """The synthetic corpus and the demo head: determinism, layout, articulation, styles, errors."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 from dataclasses import replace
+from itertools import cycle
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +22,8 @@ from model_core.synthetic.corpus import Pauses, speak, synthesize_corpus
 from model_core.synthetic.head import demo_head
 from model_core.synthetic.prosody import Prosody, audible_jaw_gain, measure
 from model_core.synthetic.rig import Rig
-from model_core.synthetic.speakers import make_speakers, speaker_template
+from model_core.synthetic.speakers import (SEEN_VARIANTS, SEEN_VOICES, UNSEEN_VARIANTS, UNSEEN_VOICES, make_speakers,
+                                           speaker_template)
 from model_core.synthetic.speech import ESpeak, synthesizer_for
 from model_core.synthetic.visemes import BILABIAL, expand
 
@@ -39,6 +45,38 @@ def test_same_seed_same_bytes(tmp_path):
     assert len(files) > 10
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
     assert (first / "wav" / "Speaker00_sentence01.wav").read_bytes() != (other / "wav" / "Speaker00_sentence01.wav").read_bytes()
+
+
+# Every base voice and every variant the corpus draws (each at least once), and the other kinds of
+# espeak-ng variant a corpus can be asked for: Klatt synthesis, its speechPlayer form, whisper, croak.
+VOICE_KINDS = [f"{base}+{variant}" for base, variant in zip(
+    cycle(SEEN_VOICES + UNSEEN_VOICES), SEEN_VARIANTS + UNSEEN_VARIANTS)] \
+    + ["en-us+klatt", "en-us+klatt6", "en-us+whisper", "en-us+croak"]
+
+
+def voice_digests(voices: list[str]) -> dict[str, list[str]]:
+    """Each voice speaks two sentences through its own copy of espeak-ng, as a corpus speaker does."""
+    digests = {}
+    for voice in voices:
+        espeak = ESpeak(fresh=True)
+        digests[voice] = [hashlib.sha1(espeak.synthesize(text, voice).samples.tobytes()).hexdigest()
+                          for text in ("Sue sells sea shells.", "Bob saw a cat.")]
+    return digests
+
+
+def test_every_voice_kind_speaks_the_same_bytes_in_any_process_and_order():
+    """Voices with breath (f2, f3, f5, whisper) add noise from espeak-ng's random numbers, which
+    the library seeds from the clock's second when it loads: a corpus written twice differed."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_synthetic import voice_digests; "
+            "print(json.dumps(voice_digests(sys.argv[2:])))")
+    run = lambda: json.loads(subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), *VOICE_KINDS],  # noqa: E731
+                                            capture_output=True, text=True, check=True).stdout)
+    first = run()
+    time.sleep(1 - time.time() % 1)  # into the next second, so the next process starts on another clock seed
+    second = run()
+    reversed_in_this_process = voice_digests(VOICE_KINDS[::-1])
+    differing = sorted(v for v in VOICE_KINDS if not first[v] == second[v] == reversed_in_this_process[v])
+    assert not differing, f"these voices spoke different bytes in different processes or orders: {differing}"
 
 
 def test_the_training_loader_reads_the_corpus(corpus):

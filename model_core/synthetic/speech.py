@@ -27,6 +27,10 @@ EVENT_LIST_TERMINATED, EVENT_WORD, EVENT_END, EVENT_PHONEME = 0, 1, 5, 7
 POS_CHARACTER, CHARS_UTF8 = 1, 1
 PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA rather than espeak's ASCII names
 PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE = 1, 2, 3, 4
+# espeak-ng draws the breath noise of variants with `breath` (f2, f3, f5, whisper, ...) from its own
+# generator, which it seeds from the clock's second when it loads; reseeded with this before every
+# utterance, that noise depends on nothing but the utterance.
+NOISE_SEED = 0
 
 
 class _EventId(ctypes.Union):
@@ -57,9 +61,11 @@ class Utterance:
 
 class ESpeak:
     """An espeak-ng instance. Its output depends on everything the library synthesised before in
-    the same process (internal state that `espeak_Terminate` does not reset), so `fresh=True` loads
-    a private copy of the library with pristine state: the corpus writer uses one per speaker so
-    that its files do not depend on the order of work."""
+    the same process (the waveform generator's phase and filter state, which `espeak_Terminate`
+    does not reset), so `fresh=True` loads a private copy of the library with pristine state: the
+    corpus writer uses one per speaker so that its files do not depend on the order of work. Its
+    noise generator is reseeded before every utterance (NOISE_SEED), so the files do not depend on
+    when the copy was loaded either."""
 
     _shared = None
     _lock = threading.Lock()
@@ -89,6 +95,7 @@ class ESpeak:
             library.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
             library.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+            library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
             library.espeak_TextToPhonemes.restype = ctypes.c_char_p
             library.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
             self.library, self._rate = library, rate
@@ -151,6 +158,7 @@ class ESpeak:
                                      (PARAM_VOLUME, volume)):
                 library.espeak_SetParameter(parameter, int(value), 0)
             library.espeak_SetSynthCallback(callback)
+            library.espeak_ng_SetRandSeed(NOISE_SEED)
             data = text.encode() + b"\0"
             status = library.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
             library.espeak_Synchronize()
