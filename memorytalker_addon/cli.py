@@ -6,18 +6,20 @@
     blender -c memorytalker batch --blend IN.blend --out OUT.blend --folder DIR --object NAME [--gap N]
 
 Exit codes: 0 everything was written; 1 at least one generation failed (each failure is printed
-as "error: ..." naming its audio, and the other takes are still written); 2 the command line, the
-.blend or the target object is wrong (nothing is written).
+as "error: ..." naming its audio, and the other takes are still written), or the .blend could not
+be saved; 2 an argument is wrong (an option out of range, a missing or unreadable file, an --out
+that cannot be written, a target that is not a mesh the model animates): nothing is written.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import bpy
 
-from . import compat, takes
+from . import compat, models, operators, settings, takes
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 STRIP_TARGET_PROPERTY = "memorytalker_object"
@@ -37,11 +39,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="the .blend to write (may equal --blend)")
         sub.add_argument("--model", help="model folder (default: the bundled demo model)")
         sub.add_argument("--mode", choices=sorted(MODES), default="shapekeys")
-        sub.add_argument("--fps", type=float, help="scene frame rate to set before generating (default: keep)")
+        sub.add_argument("--fps", type=float, help=f"scene frame rate to set before generating, "
+                                                  f"{operators.MIN_FPS}-{operators.MAX_FPS:g} (default: keep)")
         sub.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-        sub.add_argument("--style-strength", type=float, default=1.0)
+        sub.add_argument("--style-strength", type=float, default=1.0, help="{:g} (generic motion) to {:g} "
+                         "(the speaker's style)".format(*settings.STYLE_STRENGTH_RANGE))
         sub.add_argument("--style-audio", help="take the speaking style from this recording")
-        sub.add_argument("--tolerance-mm", type=float, default=0.1)
+        sub.add_argument("--tolerance-mm", type=float, default=0.1,
+                         help="largest shape-key error, {:g} to {:g} mm".format(*settings.TOLERANCE_MM_RANGE))
         sub.add_argument("--start-frame", type=int, default=1)
         sub.add_argument("--no-sound", action="store_true", help="do not add sound strips")
 
@@ -57,37 +62,128 @@ def _parser() -> argparse.ArgumentParser:
                              "custom property, or --object")
     source.add_argument("--folder", help="every audio file of this folder, one take each, one after another")
     batch.add_argument("--object", help="target object (required with --folder; the default with --strips)")
-    batch.add_argument("--gap", type=int, default=12, help="frames between takes with --folder")
+    batch.add_argument("--gap", type=int, default=12, help="frames between takes with --folder (0 or more)")
     common(batch)
     return parser
 
 
-def _generate(args, obj_name: str, **overrides) -> tuple[bool, int]:
+def _generate(options: dict) -> tuple[bool, int]:
     """Runs the operator; returns (success, frames written)."""
-    options = dict(object_name=obj_name, mode=MODES[args.mode], device=args.device.upper(),
-                   style_strength=args.style_strength, style_audio=args.style_audio or "",
-                   tolerance_mm=args.tolerance_mm, add_sound_strip=not args.no_sound,
-                   model_source='FOLDER' if args.model else 'BUNDLED', model_folder=args.model or "",
-                   start_frame=args.start_frame)
-    options.update(overrides)
-    label = overrides.get("audio_path") or overrides.get("sound_strip")
+    label = options.get("audio_path") or options["sound_strip"]
     try:
         bpy.ops.memorytalker.generate('EXEC_DEFAULT', **options)
     except RuntimeError as error:
-        print(f"error: {label}: {str(error).removeprefix('Error: ').strip()}", file=sys.stderr, flush=True)
+        message = str(error).removeprefix('Error: ').strip()
+        # Errors in reading the audio already start with its path ("PATH: ...").
+        print(f"error: {message}" if message.startswith(f"{label}: ") else f"error: {label}: {message}",
+              file=sys.stderr, flush=True)
         return False, 0
-    record = takes.records(bpy.data.objects[obj_name])[overrides["take"]]
+    record = takes.records(bpy.data.objects[options["object_name"]])[options["take"]]
     return True, int(record["frames"])
 
 
-def _target(name: str | None) -> str:
+def _in_range(option: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:  # also refuses nan
+        raise UsageError(f"{option} {value:g} is out of range; give a value from {low:g} to {high:g}")
+
+
+def _input_file(option: str, path: str) -> str:
+    """The absolute path of an audio file given on the command line."""
+    if Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a folder; give an audio file ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    if not Path(path).is_file():
+        raise UsageError(f"{option} {path} does not exist")
+    return str(Path(path).resolve())
+
+
+def _check_output(path: str) -> None:
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the .blend file to write, e.g. {out / 'shot.blend'}")
+    if out.suffix.lower() != ".blend":
+        raise UsageError(f"--out {out} does not end in .blend; name the .blend file to write")
+    if not out.parent.is_dir():
+        raise UsageError(f"the folder {out.parent} of --out does not exist; create it first")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out {out} cannot be written (no permission)")
+
+
+def _audio_folder(path: str) -> list[Path]:
+    folder = Path(path)
+    if not folder.exists():
+        raise UsageError(f"--folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"--folder {folder} is not a folder; give the folder that holds the audio files")
+    files = sorted(p.resolve() for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise UsageError(f"{folder} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    return files
+
+
+def _model_vertex_count(model: str | None) -> int:
+    if model and not Path(model).exists():
+        raise UsageError(f"--model {model} does not exist")
+    try:
+        return models.model_vertex_count(models.resolve_model_folder('FOLDER' if model else 'BUNDLED', model or ""))
+    except models.ModelFolderError as error:
+        raise UsageError(str(error)) from None
+
+
+def _open_blend(path: str) -> None:
+    blend = Path(path)
+    if blend.is_dir():
+        raise UsageError(f"--blend {blend} is a folder; give the .blend file to read")
+    if not blend.is_file():
+        raise UsageError(f"--blend {blend} does not exist")
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(blend.resolve()), load_ui=False)
+    except RuntimeError:
+        raise UsageError(f"Blender cannot read --blend {blend}; give a .blend file saved by Blender") from None
+
+
+def _target(name: str | None, vertex_count: int) -> str:
+    """The name of a mesh the model can animate."""
     if not name:
         raise UsageError("name the target object with --object")
     obj = bpy.data.objects.get(name)
+    meshes = ", ".join(o.name for o in bpy.data.objects if o.type == 'MESH') or "none"
     if obj is None:
-        meshes = ", ".join(o.name for o in bpy.data.objects if o.type == 'MESH') or "none"
         raise UsageError(f"the .blend has no object named {name!r} (meshes: {meshes})")
+    if obj.type != 'MESH':
+        raise UsageError(f"the object {name!r} is not a mesh (its type is {obj.type.lower()}); "
+                         f"give --object the head mesh (meshes: {meshes})")
+    count = len(obj.data.vertices)
+    if count != vertex_count:
+        raise UsageError(f"{name!r} has {count} {'vertex' if count == 1 else 'vertices'} but the model animates "
+                         f"{vertex_count}; give --object a head with the model's topology, or --model one trained "
+                         "for this mesh")
     return name
+
+
+def _jobs(args, vertex_count: int) -> list[dict]:
+    """The operator options of each take, with every input and target checked; opens the .blend."""
+    common = dict(mode=MODES[args.mode], device=args.device.upper(), style_strength=args.style_strength,
+                  style_audio=_input_file("--style-audio", args.style_audio) if args.style_audio else "",
+                  tolerance_mm=args.tolerance_mm, add_sound_strip=not args.no_sound,
+                  model_source='FOLDER' if args.model else 'BUNDLED',
+                  model_folder=str(Path(args.model).resolve()) if args.model else "", start_frame=args.start_frame)
+    if args.command == "batch" and args.strips:
+        _open_blend(args.blend)
+        strips = [s for s in compat.all_strips(bpy.context.scene) if s.type == 'SOUND']
+        if not strips:
+            raise UsageError("the sequencer has no sound strips")
+        return [dict(common, object_name=_target(s.get(STRIP_TARGET_PROPERTY) or args.object, vertex_count),
+                     audio_source='STRIP', sound_strip=s.name, take=s.name, mute_other_takes=False) for s in strips]
+    if args.command == "generate":
+        audio = _input_file("--audio", args.audio)
+        sources = [(audio, args.take or takes.take_name_for(audio))]
+    else:
+        sources = [(str(path), takes.take_name_for(str(path))) for path in _audio_folder(args.folder)]
+    _open_blend(args.blend)
+    obj_name = _target(args.object, vertex_count)
+    # A folder's takes follow one another, so none of them mutes the others.
+    return [dict(common, object_name=obj_name, audio_source='FILE', audio_path=path, take=take,
+                 mute_other_takes=args.command == "generate") for path, take in sources]
 
 
 def run(argv: list[str]) -> int:
@@ -95,44 +191,36 @@ def run(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         return 0 if exit_.code == 0 else 2
+    # Everything is checked before the scene is changed, the model runs or anything is saved.
     try:
-        blend = Path(args.blend)
-        if not blend.is_file():
-            raise UsageError(f"{blend} does not exist")
-        bpy.ops.wm.open_mainfile(filepath=str(blend.resolve()), load_ui=False)
-        scene = bpy.context.scene
-        if args.fps:
-            scene.render.fps, scene.render.fps_base = round(args.fps), round(args.fps) / args.fps
-        results = []
-        if args.command == "generate":
-            if not Path(args.audio).is_file():
-                raise UsageError(f"the audio file {args.audio} does not exist")
-            results.append(_generate(args, _target(args.object), audio_source='FILE',
-                                     audio_path=str(Path(args.audio).resolve()),
-                                     take=args.take or takes.take_name_for(args.audio)))
-        elif args.strips:
-            strips = [s for s in compat.all_strips(scene) if s.type == 'SOUND']
-            if not strips:
-                raise UsageError("the sequencer has no sound strips")
-            jobs = [(s.name, _target(s.get(STRIP_TARGET_PROPERTY) or args.object)) for s in strips]
-            for strip_name, obj_name in jobs:
-                results.append(_generate(args, obj_name, audio_source='STRIP', sound_strip=strip_name,
-                                         take=strip_name, mute_other_takes=False))
-        else:
-            folder = Path(args.folder)
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES) if folder.is_dir() else []
-            if not files:
-                raise UsageError(f"{folder} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
-            obj_name, start = _target(args.object), args.start_frame
-            for path in files:
-                ok, frames = _generate(args, obj_name, audio_source='FILE', audio_path=str(path.resolve()),
-                                       start_frame=start, take=takes.take_name_for(str(path)), mute_other_takes=False)
-                results.append((ok, frames))
-                start += frames + args.gap if ok else 0
+        if args.fps is not None:
+            _in_range("--fps", args.fps, operators.MIN_FPS, operators.MAX_FPS)
+        _in_range("--style-strength", args.style_strength, *settings.STYLE_STRENGTH_RANGE)
+        _in_range("--tolerance-mm", args.tolerance_mm, *settings.TOLERANCE_MM_RANGE)
+        if args.command == "batch" and args.gap < 0:
+            raise UsageError(f"--gap {args.gap} is negative; give 0 or more frames between takes")
+        _check_output(args.out)
+        jobs = _jobs(args, _model_vertex_count(args.model))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    bpy.ops.wm.save_as_mainfile(filepath=str(Path(args.out).resolve()))
-    failed = sum(not ok for ok, _ in results)
-    print(f"MemoryTalker: {len(results) - failed} of {len(results)} takes written to {args.out}", flush=True)
-    return 1 if failed else 0
+    scene = bpy.context.scene
+    if args.fps is not None:
+        scene.render.fps, scene.render.fps_base = round(args.fps), round(args.fps) / args.fps
+    one_after_another = args.command == "batch" and bool(args.folder)  # a folder's takes, with --gap between
+    results, start = [], args.start_frame
+    for options in jobs:
+        if one_after_another:
+            options["start_frame"] = start
+        ok, frames = _generate(options)
+        results.append(ok)
+        if ok and one_after_another:
+            start += frames + args.gap
+    out = str(Path(args.out).resolve())
+    try:
+        bpy.ops.wm.save_as_mainfile(filepath=out)
+    except RuntimeError as error:
+        print(f"error: {str(error).removeprefix('Error: ').strip()}; nothing was saved", file=sys.stderr, flush=True)
+        return 1
+    print(f"MemoryTalker: {sum(results)} of {len(results)} takes written to {out}", flush=True)
+    return 0 if all(results) else 1

@@ -50,6 +50,8 @@ def _existing_file(path: str, what: str) -> str:
     absolute = bpy.path.abspath(path) if path else ""
     if not absolute:
         raise GenerationError(f"no {what} is set; choose a file in the MemoryTalker panel")
+    if Path(absolute).is_dir():
+        raise GenerationError(f"the {what} {absolute} is a folder; choose an audio file (WAV, FLAC, OGG or MP3)")
     if not Path(absolute).is_file():
         raise GenerationError(f"the {what} {absolute} does not exist")
     return absolute

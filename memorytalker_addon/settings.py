@@ -23,6 +23,9 @@ MODEL_SOURCES = [
     ('BUNDLED', "Bundled demo model", "The small model that ships with the extension"),
     ('FOLDER', "Model folder", "A folder with config.json and model.safetensors"),
 ]
+# (min, max) of the options the panel clamps; the command line refuses values outside them.
+STYLE_STRENGTH_RANGE = (0.0, 1.0)
+TOLERANCE_MM_RANGE = (0.001, 10.0)
 
 
 class GenerateOptions:
@@ -34,12 +37,14 @@ class GenerateOptions:
     model_source: EnumProperty(name="Model", items=MODEL_SOURCES, default='BUNDLED')
     model_folder: StringProperty(name="Model folder", subtype='DIR_PATH')
     device: EnumProperty(name="Device", items=DEVICES, default='AUTO')
-    style_strength: FloatProperty(name="Style strength", min=0.0, max=1.0, default=1.0, subtype='FACTOR',
+    style_strength: FloatProperty(name="Style strength", min=STYLE_STRENGTH_RANGE[0],
+                                  max=STYLE_STRENGTH_RANGE[1], default=1.0, subtype='FACTOR',
                                   description="0: the generic motion memory; 1: the speaker's own style")
     style_audio: StringProperty(name="Style reference", subtype='FILE_PATH',
                                 description="Optional: take the speaking style from this recording instead")
     mode: EnumProperty(name="Output", items=MODES, default='SHAPEKEYS')
-    tolerance_mm: FloatProperty(name="Tolerance (mm)", min=0.001, max=10.0, default=0.1, precision=3,
+    tolerance_mm: FloatProperty(name="Tolerance (mm)", min=TOLERANCE_MM_RANGE[0],
+                                max=TOLERANCE_MM_RANGE[1], default=0.1, precision=3,
                                 description="Largest allowed per-vertex error of the shape-key basis, in "
                                             "millimetres at FLAME scale (the model's units are metres)")
     start_frame: IntProperty(name="Start frame", default=1)

@@ -8,6 +8,8 @@ mode simply waits on the same queue. Nothing here touches Blender data.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import queue
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
+INTERPRETER_HINT = ("check 'Python interpreter' in the MemoryTalker preferences (empty: Blender's own Python; "
+                    "another one needs torch, transformers, safetensors, soundfile, soxr and numpy)")
 
 
 class WorkerError(Exception):
@@ -45,7 +49,8 @@ def worker_environment(python: str) -> dict[str, str]:
 class Worker:
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
-        self.log_path = Path(tempfile.gettempdir()) / f"memorytalker-worker-{os.getpid()}.log"
+        # A new log per start, so a crash report holds only what the failed process wrote.
+        self.log_path: Path | None = None
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.process: subprocess.Popen | None = None
 
@@ -54,29 +59,39 @@ class Worker:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        if Path(self.python).is_dir():
+            raise WorkerError(f"the Python interpreter {self.python} is a folder; name the Python executable in it "
+                              "(bin/python, or Scripts\\python.exe on Windows) in the MemoryTalker preferences, "
+                              "or leave it empty to use Blender's")
         if not Path(self.python).is_file():
-            raise WorkerError(f"the Python interpreter {self.python!r} does not exist; "
+            raise WorkerError(f"the Python interpreter {self.python} does not exist; "
                               "fix it in the MemoryTalker preferences or leave it empty to use Blender's")
         self.events = queue.Queue()
-        log = open(self.log_path, "ab")
-        try:
-            self.process = subprocess.Popen([self.python, "-u", str(WORKER_SCRIPT)], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=log, env=worker_environment(self.python))
-        except OSError as error:
-            raise WorkerError(f"could not start the worker with {self.python}: {error}") from error
-        finally:
-            log.close()
+        self._remove_log()
+        descriptor, log_path = tempfile.mkstemp(prefix=f"memorytalker-worker-{os.getpid()}-", suffix=".log")
+        self.log_path = Path(log_path)
+        with os.fdopen(descriptor, "wb") as log:
+            try:
+                self.process = subprocess.Popen([self.python, "-u", str(WORKER_SCRIPT)], stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=log, env=worker_environment(self.python))
+            except OSError as error:
+                self._remove_log()
+                raise WorkerError(f"could not run the Python interpreter {self.python} ({error.strerror}); "
+                                  f"{INTERPRETER_HINT}") from error
         threading.Thread(target=self._read, args=(self.process, self.events), daemon=True).start()
 
     @staticmethod
     def _read(process: subprocess.Popen, events: queue.Queue) -> None:
         # Each process gets its own queue, so a killed worker's last words never reach its successor.
+        started = False  # the worker said "ready": its interpreter runs it
         for raw in process.stdout:
             try:
-                events.put(json.loads(raw))
+                event = json.loads(raw)
             except json.JSONDecodeError:
                 continue
-        events.put({"event": "exit", "returncode": process.wait()})
+            started = started or event.get("event") == "ready"
+            events.put(event)
+        events.put({"event": "exit", "returncode": process.wait(), "started": started})
 
     def submit(self, request: dict[str, Any]) -> None:
         if not self.alive:
@@ -85,9 +100,9 @@ class Worker:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
         except OSError:
-            code = self.process.wait()
-            self.process = None
-            raise WorkerError(f"the inference worker stopped (exit code {code}). {self.log_tail()}") from None
+            # The worker has already ended (an interpreter that exits at once): its reader reports the
+            # exit, with the log, as the answer to this request.
+            pass
 
     def poll(self) -> list[dict[str, Any]]:
         """Events that arrived since the last call (never blocks). A worker that died mid-job shows up
@@ -109,23 +124,38 @@ class Worker:
     def _translate(self, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("event") == "exit":
             self.process = None
-            return {"event": "error", "message": f"the inference worker stopped (exit code {event['returncode']}). "
-                                                  f"{self.log_tail()}"}
+            code = event["returncode"]
+            if event["started"]:
+                message = f"the inference worker stopped (exit code {code})"
+            else:
+                message = (f"the Python interpreter {self.python} stopped (exit code {code}) before the worker "
+                           f"started; {INTERPRETER_HINT}")
+            return {"event": "error", "message": f"{message}. {self.log_tail()}".strip()}
         return event
 
     def log_tail(self, lines: int = 6) -> str:
+        if self.log_path is None:  # never started, or stopped and its log removed
+            return ""
         try:
             tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
         except OSError:
             return ""
         return "Worker log: " + " | ".join(tail) if tail else ""
 
+    def _remove_log(self) -> None:
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):  # a log that cannot be removed must not stop a generation
+                self.log_path.unlink(missing_ok=True)
+            self.log_path = None
+
     def stop(self) -> None:
-        """Ends the worker at once (cancel, unregister, or a different interpreter)."""
+        """Ends the worker at once (cancel, unregister, a different interpreter, Blender quitting) and
+        removes its log."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+        self._remove_log()
 
     def run(self, request: dict[str, Any], on_progress=None) -> dict[str, Any]:
         """Sends `request` and blocks until its result; raises WorkerError with the worker's message."""
@@ -161,3 +191,7 @@ def stop_shared_worker() -> None:
     if _shared is not None:
         _shared.stop()
         _shared = None
+
+
+# Blender does not unregister add-ons when it quits: end the worker and remove its log then too.
+atexit.register(stop_shared_worker)

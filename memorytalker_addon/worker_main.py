@@ -48,8 +48,8 @@ class Session:
         mesh = np.load(job / "mesh.npy")
         expected = animator.model.config.num_vertices
         if len(mesh) != expected:
-            raise MemoryTalkerError(f"the mesh has {len(mesh)} vertices but the model animates {expected}; "
-                                    "pick a mesh with the model's topology")
+            raise MemoryTalkerError(f"the mesh has {len(mesh)} {'vertex' if len(mesh) == 1 else 'vertices'} but "
+                                    f"the model animates {expected}; pick a mesh with the model's topology")
         emit({"event": "progress", "fraction": 0.02, "status": "Reading the audio"})
         waveform = animator.load(request["audio"])
         reference = animator.load(request["style_audio"]) if request.get("style_audio") else None
