@@ -37,6 +37,7 @@ class Job:
     vertex_count: int
     job_dir: Path
     request: dict[str, Any]
+    take_note: str  # why the take is not named after the audio file, or ""
 
     def cleanup(self) -> None:
         shutil.rmtree(self.job_dir, ignore_errors=True)
@@ -71,6 +72,10 @@ def prepare_job(context, operator) -> Job:
     if obj.mode != 'OBJECT':
         raise GenerationError(f"'{obj.name}' is in {obj.mode.replace('_', ' ').lower()} mode; switch to Object Mode first")
     try:
+        takes.check_takes_can_be_kept(obj)
+    except takes.TakeError as error:
+        raise GenerationError(str(error)) from None
+    try:
         folder = models.resolve_model_folder(opt("model_source"), bpy.path.abspath(opt("model_folder")))
         expected = models.model_vertex_count(folder)
     except models.ModelFolderError as error:
@@ -102,18 +107,20 @@ def prepare_job(context, operator) -> Job:
     if not MIN_FPS - 1e-3 <= fps <= MAX_FPS:
         raise GenerationError(f"the scene runs at {fps:g} fps; MemoryTalker writes {MIN_FPS}-{MAX_FPS:g} fps")
     mode = settings.MODE_TO_WORKER[opt("mode")]
-    take = operator.take or takes.take_name_for(audio)
-    pc2_target = None
-    if mode == "pc2":
-        base = Path(bpy.path.abspath("//")) if bpy.data.filepath else Path(tempfile.gettempdir()) / "memorytalker"
-        pc2_target = base / (bpy.path.clean_name(f"{obj.name}_{take}") + ".pc2")
+    take = operator.take or takes.take_for_audio(obj, audio)
+    named_after = takes.take_name_for(audio)
+    take_note = "" if operator.take or take == named_after else (
+        f"'{named_after}' is already the take of {takes.records(obj)[named_after]['audio']}, "
+        f"so this take of {audio} is named '{take}'")
+    pc2_target = takes.cache_path(obj, take) if mode == "pc2" else None
     job_dir = Path(tempfile.mkdtemp(prefix="memorytalker-"))
     np.save(job_dir / "mesh.npy", takes.rest_positions(obj))
     request = {"op": "generate", "job_dir": str(job_dir), "model": str(folder), "device": opt("device").lower(),
                "audio": audio, "style_audio": style_audio, "style_strength": opt("style_strength"),
                "fps": fps, "mode": mode, "tolerance": opt("tolerance_mm") * 1e-3,
                "pc2_path": str(job_dir / "motion.pc2")}
-    return Job(scene.name, obj.name, take, mode, start, audio, add_sound, pc2_target, count, job_dir, request)
+    return Job(scene.name, obj.name, take, mode, start, audio, add_sound, pc2_target, count, job_dir, request,
+               take_note)
 
 
 def write_job(job: Job, result: dict[str, Any], mute_other_takes: bool = True) -> tuple[str, list[str]]:
@@ -122,8 +129,13 @@ def write_job(job: Job, result: dict[str, Any], mute_other_takes: bool = True) -
     obj = bpy.data.objects.get(job.object_name)
     if scene is None or obj is None or obj.type != 'MESH' or len(obj.data.vertices) != job.vertex_count:
         raise GenerationError(f"'{job.object_name}' changed or was removed while the model ran; nothing was written")
-    warnings = takes.TakeWriter(scene, obj, job.take, mute_other_takes).write(job.mode, job.start, job.job_dir, result, job.audio_path,
-                                                            job.add_sound_strip, job.pc2_target)
+    try:
+        warnings = takes.TakeWriter(scene, obj, job.take, mute_other_takes).write(
+            job.mode, job.start, job.job_dir, result, job.audio_path, job.add_sound_strip, job.pc2_target)
+    except takes.TakeError as error:  # the object was linked, or its mesh shared, while the model ran
+        raise GenerationError(str(error)) from None
+    if job.take_note:
+        warnings.insert(0, job.take_note)
     if result.get("silent"):
         warnings.append("the audio is silent: the take holds a neutral face")
     detail = {"shapekeys": f"{result['keys']} shape keys, largest error {result['max_error'] * 1000:.3f} mm",
@@ -150,6 +162,16 @@ class MEMORYTALKER_OT_generate(settings.GenerateOptions, bpy.types.Operator):
 
     _timer = None
     _job: Job | None = None
+
+    # The operator writes the caches, so it also installs what keeps them: a save moves the caches of a
+    # file never saved beside the .blend.
+    @classmethod
+    def register(cls) -> None:
+        bpy.app.handlers.save_pre.append(takes.move_temp_caches_beside_the_blend)
+
+    @classmethod
+    def unregister(cls) -> None:
+        bpy.app.handlers.save_pre.remove(takes.move_temp_caches_beside_the_blend)
 
     def execute(self, context):
         try:
@@ -269,7 +291,11 @@ class MEMORYTALKER_OT_remove_take(bpy.types.Operator):
         if obj is None or self.take not in takes.records(obj):
             self.report({'ERROR'}, f"no take named {self.take!r} on {self.object_name!r}")
             return {'CANCELLED'}
-        takes.remove_take(context.scene, obj, self.take)
+        try:
+            takes.remove_take(context.scene, obj, self.take)
+        except takes.TakeError as error:
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
         return {'FINISHED'}
 
 
