@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 # Peak below -80 dBFS: digital silence or dither only. Such audio yields neutral motion.
 SILENCE_PEAK = 1e-4
 _READ_BLOCK_FRAMES = 1 << 18
+# A truncated file holding less than this is refused rather than animated: it is a failed export or
+# copy with nothing left to speak (a syllable lasts about 0.2 s).
+TRUNCATED_MIN_SECONDS = 0.1
 
 
 @dataclass
@@ -92,8 +96,11 @@ def load_audio(path: str | Path, target_rate: int = 16000) -> Waveform:
         info = sf.info(source)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(
-            f"{source}: cannot read this audio file ({exc}); supported formats are WAV, FLAC, OGG and MP3"
+            f"{source}: cannot read this audio file ({_libsndfile_reason(exc)}); "
+            "supported formats are WAV, FLAC, OGG and MP3"
         ) from None
+    if info.format == "WAV":
+        _check_wav_length(path, info.samplerate)
     if info.frames == 0:
         raise AudioError(f"{source}: the audio is empty (0 samples)")
     rate = info.samplerate
@@ -110,7 +117,56 @@ def load_audio(path: str | Path, target_rate: int = 16000) -> Waveform:
             if resampler:
                 pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     except sf.LibsndfileError as exc:
-        raise AudioError(f"{source}: the file is damaged or truncated ({exc})") from None
+        raise AudioError(f"{source}: the file is damaged or truncated ({_libsndfile_reason(exc)})") from None
     if read == 0:
         raise AudioError(f"{source}: the audio is empty (0 samples)")
     return _finish(np.concatenate(pieces).astype(np.float32, copy=False), target_rate, source)
+
+
+def _libsndfile_reason(error: Exception) -> str:
+    """libsndfile's reason alone: its full message repeats the path ("Error opening 'x.wav': ...")."""
+    return (getattr(error, "error_string", None) or str(error)).rstrip(".")
+
+
+def _wav_data_sizes(path: Path) -> tuple[int, int, int] | None:
+    """(bytes the data chunk declares, bytes present after its header, bytes per frame) of a RIFF
+    WAVE file; None where the header leaves the length open (0 or 0xFFFFFFFF, as streaming writers
+    do) or is not plain RIFF. libsndfile clamps its frame count to what the file holds, so only the
+    header tells how much is missing."""
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        riff = f.read(12)
+        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:] != b"WAVE":
+            return None
+        frame_bytes = None
+        while len(chunk := f.read(8)) == 8:
+            chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            body = f.tell()
+            if chunk_id == b"data":
+                if frame_bytes is None or chunk_size in (0, 0xFFFFFFFF):
+                    return None
+                return chunk_size, file_size - body, frame_bytes
+            if chunk_id == b"fmt ":
+                fmt = f.read(14)
+                frame_bytes = struct.unpack("<H", fmt[12:14])[0] if len(fmt) == 14 else None
+            f.seek(body + chunk_size + chunk_size % 2)  # chunks are padded to an even length
+    return None
+
+
+def _check_wav_length(path: Path, sample_rate: int) -> None:
+    """Warns about a WAV whose data chunk is shorter than its header declares; refuses one that holds
+    almost nothing of it."""
+    sizes = _wav_data_sizes(path)
+    if sizes is None:
+        return
+    declared, present, frame_bytes = sizes
+    if present >= declared or not frame_bytes:
+        return
+    declared_seconds = declared // frame_bytes / sample_rate
+    present_seconds = present // frame_bytes / sample_rate
+    if present_seconds < TRUNCATED_MIN_SECONDS:
+        raise AudioError(f"{path}: the header declares {declared_seconds:.2f} s but the file holds {present} bytes of "
+                         f"audio ({present_seconds:.3f} s): the file is truncated; re-export it or copy it again")
+    log.warning("%s: the file is truncated: its header declares %.2f s of audio but only %.2f s is present; "
+                "animating the %.2f s present (re-export the file to get all of it)",
+                path, declared_seconds, present_seconds, present_seconds)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,14 @@ def read_model_document(folder: str | Path) -> dict[str, Any]:
         document = json.loads((folder / CONFIG_FILE).read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: invalid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE}: expected a JSON object with \"format\": \"{FORMAT}\" and "
+                              f"\"config\", got a {type(document).__name__}; save the model again with save_model")
     if document.get("format") != FORMAT or "config" not in document:
         raise CheckpointError(f"{folder / CONFIG_FILE}: not a MemoryTalker config (no \"format\": \"{FORMAT}\")")
+    if not isinstance(document["config"], dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE}: \"config\" must be a JSON object of model settings, "
+                              f"got a {type(document['config']).__name__}")
     return document
 
 
@@ -61,10 +68,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Memory
     """A model folder -> MemoryTalker in eval mode. Never touches the network."""
     folder = Path(folder)
     document = read_model_document(folder)
-    try:
-        config = MemoryTalkerConfig.from_dict(document["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: invalid model config ({exc})") from None
+    config = MemoryTalkerConfig.from_dict(document["config"], folder / CONFIG_FILE)
     if config.backbone_config is None:
         raise CheckpointError(f"{folder / CONFIG_FILE}: the config has no backbone_config; the folder is incomplete")
     model = MemoryTalker(config)
@@ -101,21 +105,39 @@ def _load_weights(model: MemoryTalker, path: Path) -> None:
 
 # -- research-code checkpoints ------------------------------------------------------------------
 
+# torch.save writes a zip archive (PyTorch 1.6 on) or a pickle of protocol 2 or above (b"\x80" + protocol).
+_TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
+# How torch names the class or function that weights_only loading refused.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
 def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A pickled state dict, read with weights_only=True: anything needing code execution is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic.startswith(_TORCH_MAGICS):
+        found = "an empty file" if not magic else "neither a zip archive nor a pickle"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({found}); give the .pth file that the research "
+                              "code wrote with torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if refused is None:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged, or not written by "
+                                  "torch.save); copy or save it again") from None
         raise CheckpointError(
             f"{path}: this checkpoint contains Python objects whose loading would run code, so it is refused "
-            f"({first}). Save a plain state dict in the research environment: torch.save(model.state_dict(), 'x.pth')"
+            f"(it refers to {refused.group(1)}). Save a plain state dict in the research environment: "
+            "torch.save(model.state_dict(), 'x.pth')"
         ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    # What the unpickler and the zip reader raise on damaged bytes.
+    except (RuntimeError, OSError, EOFError, KeyError, IndexError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+                              "copy or save it again") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -10,8 +10,39 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .audio import Waveform
 from .errors import MemoryTalkerError
-from .motion_io import FORMATS
+from .inference import MAX_FPS, MAX_STYLE_STRENGTH, MIN_FPS, MIN_STYLE_STRENGTH, Animator
+from .motion_io import FORMATS, MotionWriter
+
+
+def _number_from(low: float, high: float):
+    """An argparse type: a number from `low` to `high`. Out-of-range values are refused with the
+    range, before any work, rather than clamped or left to fail after the model has loaded."""
+    def number(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    number.__name__ = "float"  # argparse names the type in "invalid float value: 'x'"
+    return number
+
+
+def _integer_from(low: int):
+    """An argparse type: an integer of at least `low`, refused otherwise."""
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    integer.__name__ = "int"
+    return integer
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _add_train(sub) -> None:
@@ -22,7 +53,7 @@ def _add_train(sub) -> None:
                         "--config with backbone_config); 1 and 2: the published stages")
     p.add_argument("--data", required=True, type=Path, help="dataset folder in the VOCASET layout")
     p.add_argument("--out", required=True, type=Path, help="run folder: last/, best/, history.json")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=_integer_from(1), default=100)
     p.add_argument("--lr", type=float, help="learning rate (default: 1e-4 stage 1, 5e-5 stage 2)")
     p.add_argument("--adam-eps", type=float,
                    help="Adam's epsilon (default PyTorch's 1e-8, about the size of the gradients of motion in metres)")
@@ -33,7 +64,7 @@ def _add_train(sub) -> None:
                    help="how many times a frame inside a p, b or m counts in the asr stage's frame term and "
                         "in stage 1's vertex error (default 1); above 1 the model closes the lips where it "
                         "is unsure instead of leaving them half open. Needs phoneme timings")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=_integer_from(1), default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
@@ -42,7 +73,7 @@ def _add_train(sub) -> None:
                                       "(default facebook/hubert-base-ls960, a download)")
     p.add_argument("--config", type=Path, help="JSON file of model config fields for a new model")
     p.add_argument("--dataset", choices=["vocaset", "biwi"], help="dataset preset (default: dataset.json, else vocaset)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=_integer_from(0), default=0)
     p.add_argument("--no-memory", action="store_true",
                    help="stage 1 without the motion memory (the ablation baseline), e.g. from the same --init")
     p.add_argument("--freeze-backbone", action="store_true",
@@ -57,7 +88,7 @@ def _add_train(sub) -> None:
                         "+-10%% (phoneme times and motion follow), room reverberation, white/pink/babble noise, "
                         "recording level, telephone band, MP3/Opus; validation and test audio stay clean. "
                         "Give it again with --resume")
-    p.add_argument("--augment-prob", type=float, metavar="P",
+    p.add_argument("--augment-prob", type=_number_from(0, 1), metavar="P",
                    help="with --augment: the probability of each effect, 0-1 (default 0.25)")
 
 
@@ -67,22 +98,32 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--split", default="test")
     p.add_argument("--dataset", choices=["vocaset", "biwi"])
-    p.add_argument("--style-strength", type=float, default=1.0)
+    p.add_argument("--style-strength", type=_number_from(MIN_STYLE_STRENGTH, MAX_STYLE_STRENGTH), default=1.0,
+                   help="0 = generic motion, 1 = each speaker's style")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="JSON file for the results (default: MODEL/eval_SPLIT.json)")
 
 
 def _add_animate(sub) -> None:
-    p = sub.add_parser("animate", help="audio -> facial motion (.npy, .npz or .pc2)")
+    p = sub.add_parser("animate", help="audio -> facial motion (.npy, .npz or .pc2)",
+                       epilog="Each file is written beside its final name and renamed when complete, so an "
+                              "interrupted run leaves any earlier file in place. Exit status: 0 when every input "
+                              "was animated; 1 when some failed (each is reported, the others are still written); "
+                              "2 when nothing could start (bad options, clashing names, an unusable model or style "
+                              "audio).")
     p.add_argument("audio", nargs="+", type=Path, help="WAV, FLAC, OGG or MP3 files")
     p.add_argument("--model", type=Path, help="model folder (config.json + model.safetensors); "
                                               "default: the bundled demo model (demo head topology)")
     p.add_argument("--out", required=True, type=Path,
-                   help=f"output file ({', '.join(FORMATS)}); with several inputs, a folder")
+                   help=f"output file ({', '.join(FORMATS)}); with several inputs, a folder that gets NAME.FORMAT "
+                        "for each input NAME.wav. Inputs with the same file name are refused before any work, "
+                        "as their outputs would overwrite each other: animate them in separate runs")
     p.add_argument("--format", choices=[f[1:] for f in FORMATS], default="npy", help="format when --out is a folder")
-    p.add_argument("--fps", type=float, help="output frame rate, 23.976-120 (default: the model's)")
+    p.add_argument("--fps", type=_number_from(MIN_FPS, MAX_FPS),
+                   help=f"output frame rate, {MIN_FPS:g}-{MAX_FPS:g} (default: the model's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--style-strength", type=float, default=1.0, help="0 = generic motion, 1 = the speaker's style")
+    p.add_argument("--style-strength", type=_number_from(MIN_STYLE_STRENGTH, MAX_STYLE_STRENGTH), default=1.0,
+                   help="0 = generic motion, 1 = the speaker's style")
     p.add_argument("--style-audio", type=Path, help="take the speaking style from this recording instead")
 
 
@@ -213,29 +254,70 @@ def default_model(model: Path | None) -> Path:
     return BUNDLED_MODEL
 
 
-def run_animate(args) -> int:
-    from .inference import Animator
-    from .motion_io import MotionWriter
+def animate_outputs(inputs: list[Path], out: Path, output_format: str) -> list[Path]:
+    """The output path of each input. Refuses, before any work, inputs whose outputs would land on the
+    same path: one would silently overwrite the other."""
+    if len(inputs) == 1:
+        if out.suffix.lower() not in FORMATS:
+            raise MemoryTalkerError(f"--out {out}: give a file ending in {', '.join(FORMATS)}")
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise MemoryTalkerError(f"--out {out}: with several inputs --out is a folder, and this is a file; "
+                                "give a folder")
+    outputs = [out / f"{audio.stem}.{output_format}" for audio in inputs]
+    first_input: dict[Path, Path] = {}
+    clashes = []
+    for audio, path in zip(inputs, outputs):
+        if path in first_input:
+            clashes.append(f"{first_input[path]} and {audio} (both -> {path})")
+        first_input.setdefault(path, audio)
+    if clashes:
+        raise MemoryTalkerError(f"inputs with the same file name would overwrite each other's output: "
+                                f"{'; '.join(clashes)}; animate them in separate runs with their own --out, "
+                                "or rename one")
+    return outputs
 
-    many = len(args.audio) > 1
-    if not many and args.out.suffix.lower() not in FORMATS:
-        raise MemoryTalkerError(f"--out {args.out}: give a file ending in {', '.join(FORMATS)}")
+
+def _animate_one(animator: Animator, audio: Path, out: Path, args, reference: Waveform | None) -> None:
+    waveform = animator.load(audio)
+    total, blocks = animator.stream(waveform, args.fps, args.style_strength, reference)
+    fps = args.fps or animator.fps
+    meta = animator.describe(waveform, args.style_strength, reference)
+    template = animator.model.template.cpu().numpy()
+    with MotionWriter(out, total, template.shape[0], fps, template, meta) as writer, \
+            tqdm(total=total, desc=audio.name, unit="frame", disable=total < 1000) as bar:
+        for block in blocks:
+            writer.write(block)
+            bar.update(len(block))
+    print(f"{audio} -> {out} ({_count(total, 'frame')} at {fps:g} fps)")
+
+
+def run_animate(args) -> int:
+    outputs = animate_outputs(args.audio, args.out, args.format)
     animator = Animator.from_folder(default_model(args.model), args.device)
     reference = animator.load(args.style_audio) if args.style_audio else None
-    for audio in args.audio:
-        out = args.out / f"{audio.stem}.{args.format}" if many else args.out
-        waveform = animator.load(audio)
-        total, blocks = animator.stream(waveform, args.fps, args.style_strength, reference)
-        fps = args.fps or animator.fps
-        meta = animator.describe(waveform, args.style_strength, reference)
-        template = animator.model.template.cpu().numpy()
-        with MotionWriter(out, total, template.shape[0], fps, template, meta) as writer, \
-                tqdm(total=total, desc=audio.name, unit="frame", disable=total < 1000) as bar:
-            for block in blocks:
-                writer.write(block)
-                bar.update(len(block))
-        print(f"{audio} -> {out} ({total} frames at {fps:g} fps)")
-    return 0
+    # A bad input is reported and the others still animated: a batch is not lost to one file.
+    failed = []
+    for audio, out in zip(args.audio, outputs):
+        try:
+            _animate_one(animator, audio, out, args, reference)
+        except MemoryTalkerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(audio)
+    if failed and len(args.audio) > 1:
+        print(f"{len(failed)} of {len(args.audio)} inputs failed: {', '.join(map(str, failed))}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _read_backbone_json(path: Path) -> dict:
+    try:
+        hf_config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MemoryTalkerError(f"--backbone {path}: not a JSON file ({exc}); pass the backbone's config.json") from None
+    if not isinstance(hf_config, dict):
+        raise MemoryTalkerError(f"--backbone {path}: expected a transformers config (a JSON object), got a "
+                                f"{type(hf_config).__name__}; pass the backbone's config.json")
+    return hf_config
 
 
 def run_import(args) -> int:
@@ -248,7 +330,7 @@ def run_import(args) -> int:
     if backbone is None:
         hf_config, backbone = hubert_base_config(), DEFAULT_BACKBONE  # built in: no download
     elif backbone.endswith(".json") and Path(backbone).is_file():
-        hf_config = json.loads(Path(backbone).read_text())
+        hf_config = _read_backbone_json(Path(backbone))
     else:
         try:
             hf_config = AutoConfig.from_pretrained(backbone).to_dict()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,22 +85,78 @@ class MemoryTalkerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemoryTalkerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Any, source: str | Path | None = None) -> "MemoryTalkerConfig":
+        """A config from parsed JSON, each field's type checked first; errors name `source`, the file."""
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where}the model config must be a JSON object of field: value, "
+                                  f"got {type(data).__name__} {data!r:.60}")
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(data) - set(hints))
         if unknown:
-            raise CheckpointError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
+            raise CheckpointError(f"{where}unknown model config keys: {', '.join(unknown)}")
+        for name, value in data.items():
+            if not _is_json_of_type(value, hints[name]):
+                raise CheckpointError(f"{where}{name} must be {_json_type_name(hints[name])}, got {value!r:.60}")
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise CheckpointError(f"{where}invalid model config ({exc})") from None
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "MemoryTalkerConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text()), path)
 
     def replace(self, **changes: Any) -> "MemoryTalkerConfig":
         return dataclasses.replace(self, **changes)
+
+
+_JSON_SCALARS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+                 str: ("a string", "strings")}
+
+
+def _is_json_of_type(value: Any, hint: Any) -> bool:
+    """Whether parsed JSON `value` fits the field type `hint`. Python's bool is an int, so true and
+    false are kept out of the numbers explicitly."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_json_of_type(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_is_json_of_type(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_is_json_of_type(k, key) and _is_json_of_type(v, item)
+                                               for k, v in value.items())
+    raise TypeError(f"no JSON check for the config field type {hint}; add one to _is_json_of_type")
+
+
+def _json_type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_json_type_name(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_JSON_SCALARS[typing.get_args(hint)[0]][1]}"
+    if origin is dict:
+        return "a JSON object"
+    return _JSON_SCALARS[hint][0]
 
 
 def tiny_backbone_config(model_type: str = "hubert", mem_slots: int = 32, **overrides: Any) -> dict[str, Any]:

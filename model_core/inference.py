@@ -23,6 +23,9 @@ from .errors import MemoryTalkerError
 from .model import MemoryTalker
 
 MIN_FPS, MAX_FPS = 23.976, 120.0
+# 0: the generic motion of the stage-1 memory; 1: the speaker's own style. Beyond 1 the style weights
+# would be extrapolated, below 0 inverted: neither was trained.
+MIN_STYLE_STRENGTH, MAX_STYLE_STRENGTH = 0.0, 1.0
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -119,8 +122,9 @@ class Animator:
     # -- style ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def style_weights(self, waveform: Waveform, strength: float, style_reference: Waveform | None) -> torch.Tensor | None:
-        if not 0.0 <= strength <= 1.0:
-            raise MemoryTalkerError(f"style strength must be between 0 and 1, got {strength}")
+        if not MIN_STYLE_STRENGTH <= strength <= MAX_STYLE_STRENGTH:
+            raise MemoryTalkerError(f"style strength must be between {MIN_STYLE_STRENGTH:g} and "
+                                    f"{MAX_STYLE_STRENGTH:g}, got {strength}")
         if not self.model.config.stylized or strength == 0.0:
             return None
         source = style_reference if style_reference is not None else waveform

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,23 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
+def _partial_path(path: Path, suffix: str = "") -> Path:
+    """A new hidden name beside `path`: in the same folder, so os.replace onto `path` is an atomic rename."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}.partial")
+
+
+def _cannot_write(path: Path, error: OSError) -> MemoryTalkerError:
+    return MemoryTalkerError(f"{path}: cannot write the motion file ({error.strerror or error}); "
+                             "check that the folder can be written to and the disk has room")
+
+
 class MotionWriter:
-    """Context manager: `write(block)` appends (n, V, 3) float32 frames; closes into the final file."""
+    """Context manager: `write(block)` appends (n, V, 3) float32 frames; closes into the final file.
+
+    The frames go to a hidden partial file beside `path`, which replaces `path` only once complete:
+    a failure or a killed process never leaves a truncated file there, and an earlier file at `path`
+    stays as it was until then.
+    """
 
     def __init__(self, path: str | Path, frames: int, vertices: int, fps: float, template: np.ndarray,
                  metadata: dict[str, Any] | None = None, start_frame: float = 0.0):
@@ -41,46 +56,72 @@ class MotionWriter:
         self.template = np.asarray(template, np.float32).reshape(vertices, 3)
         self.metadata = metadata or {}
         self.written = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.format == ".npz":
-            handle, tmp = tempfile.mkstemp(suffix=".npy", dir=self.path.parent)
-            os.close(handle)
-            self._data_path = Path(tmp)
-        else:
-            self._data_path = self.path
-        self._file = open(self._data_path, "wb")
-        if self.format == ".pc2":
-            self._file.write(PC2_MAGIC + struct.pack("<iiffi", 1, vertices, start_frame, 1.0, frames))
-        else:
-            self._file.write(_npy_header((frames, vertices, 3)))
+        # A .npz packs its displacements into the archive when closing, from a stream of their own.
+        self._data_path = _partial_path(self.path, ".npy" if self.format == ".npz" else "")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # "x": a plain new file, with the permissions of any file the user writes (not a temp file's 0600).
+            self._file = open(self._data_path, "xb")
+        except OSError as error:
+            raise _cannot_write(self.path, error) from None
+        try:
+            if self.format == ".pc2":
+                self._write_bytes(PC2_MAGIC + struct.pack("<iiffi", 1, vertices, start_frame, 1.0, frames))
+            else:
+                self._write_bytes(_npy_header((frames, vertices, 3)))
+        except MemoryTalkerError:
+            self._file.close()
+            self._discard()
+            raise
 
     def write(self, block: np.ndarray) -> None:
         block = np.asarray(block, np.float32)
         if self.format == ".pc2":
             block = block + self.template
-        self._file.write(np.ascontiguousarray(block, "<f4").data)
+        self._write_bytes(np.ascontiguousarray(block, "<f4").data)
         self.written += len(block)
+
+    def _write_bytes(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as error:
+            raise _cannot_write(self.path, error) from None
 
     def __enter__(self) -> "MotionWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is not None or self.written != self.frames:
-            self._data_path.unlink(missing_ok=True)
-            if exc_type is None:
+        try:
+            self._file.close()
+            if exc_type is not None:
+                return
+            if self.written != self.frames:
                 raise RuntimeError(f"{self.path}: wrote {self.written} frames, expected {self.frames}")
-            return
-        if self.format == ".npz":
-            try:
-                with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                    archive.write(self._data_path, "displacements.npy")
-                    for name, value in (("template", self.template), ("fps", np.float64(self.fps)),
-                                        ("metadata", np.array(json.dumps(self.metadata)))):
-                        with archive.open(f"{name}.npy", "w") as member:
-                            np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-            finally:
-                self._data_path.unlink(missing_ok=True)
+            if self.format == ".npz":
+                self._pack_npz()
+            else:
+                os.replace(self._data_path, self.path)
+        except OSError as error:
+            raise _cannot_write(self.path, error) from None
+        finally:
+            self._discard()
+
+    def _pack_npz(self) -> None:
+        archive_path = _partial_path(self.path)
+        try:
+            with zipfile.ZipFile(archive_path, "x", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.write(self._data_path, "displacements.npy")
+                for name, value in (("template", self.template), ("fps", np.float64(self.fps)),
+                                    ("metadata", np.array(json.dumps(self.metadata)))):
+                    with archive.open(f"{name}.npy", "w") as member:
+                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+            os.replace(archive_path, self.path)
+        finally:
+            archive_path.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
+        """Removes the partial data file (already renamed away on success)."""
+        self._data_path.unlink(missing_ok=True)
 
 
 def write_motion(path: str | Path, displacements: np.ndarray, fps: float, template: np.ndarray,

@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -160,3 +161,53 @@ def test_a_float16_model_folder_is_half_the_size_and_loads_as_float32(tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     audio = [torch.randn(16000)]
     torch.testing.assert_close(loaded(audio, [30]), model(audio, [30]), atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("break_document,problem", [
+    (lambda doc: [doc], "expected a JSON object"),
+    (lambda doc: {**doc, "config": [["num_vertices", 40]]}, '"config" must be a JSON object'),
+    (lambda doc: {**doc, "config": {**doc["config"], "backbone_config": "hubert"}},
+     "backbone_config must be a JSON object or null, got 'hubert'"),
+    (lambda doc: {**doc, "config": {**doc["config"], "num_vertices": "40"}},
+     "num_vertices must be an integer, got '40'"),
+    (lambda doc: {**doc, "config": {**doc["config"], "style_subsample": [1, "2"]}},
+     "style_subsample must be a list of integers"),
+])
+def test_a_config_json_of_the_wrong_shape_is_a_clear_error_naming_the_file(tmp_path, capsys, break_document, problem):
+    save_model(tiny_model(), tmp_path / "m")
+    config_file = tmp_path / "m" / "config.json"
+    config_file.write_text(json.dumps(break_document(json.loads(config_file.read_text()))))
+    with pytest.raises(CheckpointError, match=re.escape(f"{config_file}: ") + ".*" + re.escape(problem)):
+        load_model(tmp_path / "m")
+    # The model loads before any input is read: the audio need not exist.
+    assert main(["animate", str(tmp_path / "line.wav"), "--model", str(tmp_path / "m"),
+                 "--out", str(tmp_path / "x.npy")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {config_file}: ")
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file\n" * 4, b"", b"\x80\x02 a damaged pickle"])
+def test_import_official_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys, content):
+    (tmp_path / "notes.pth").write_bytes(content)
+    assert main(["import-official", str(tmp_path / "notes.pth"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'notes.pth'}: ") and "checkpoint" in err and "would run code" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_refusal_of_code_in_a_checkpoint_is_plain_text_naming_what_would_run(tmp_path, capsys):
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"E_m.weight": Executable()}, f, protocol=2)
+    assert main(["import-official", str(tmp_path / "evil.pth"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "would run code" in err and "print" in err
+    assert "\x1b" not in err and "weights_only" not in err  # no terminal escapes, no advice to load it unsafely
+
+
+@pytest.mark.parametrize("content,problem", [("[1, 2]", "expected a transformers config (a JSON object), got a list"),
+                                             ("{not json", "not a JSON file")])
+def test_import_official_refuses_a_backbone_json_that_is_no_config(tmp_path, capsys, content, problem):
+    torch.save(official_state_dict(tiny_model(seed=4), 1), tmp_path / "stage1.pth")
+    (tmp_path / "backbone.json").write_text(content)
+    assert main(["import-official", str(tmp_path / "stage1.pth"), "--out", str(tmp_path / "o"),
+                 "--backbone", str(tmp_path / "backbone.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --backbone {tmp_path / 'backbone.json'}: {problem}")
