@@ -160,6 +160,18 @@ def _target(name: str | None, vertex_count: int) -> str:
     return name
 
 
+def _take_for(obj: bpy.types.Object, audio: str, explicit: str | None) -> str:
+    """--take, or the take that this audio file wrote before on the object (replaced), or for a file
+    that shares its name with another file's take a name of its own, which is printed."""
+    if explicit:
+        return explicit
+    take = takes.take_for_audio(obj, audio)
+    if take != takes.take_name_for(audio):
+        print(f"note: '{takes.take_name_for(audio)}' is already the take of another file with that name, "
+              f"so the take of {audio} is named '{take}'", flush=True)
+    return take
+
+
 def _jobs(args, vertex_count: int) -> list[dict]:
     """The operator options of each take, with every input and target checked; opens the .blend."""
     common = dict(mode=MODES[args.mode], device=args.device.upper(), style_strength=args.style_strength,
@@ -174,13 +186,11 @@ def _jobs(args, vertex_count: int) -> list[dict]:
             raise UsageError("the sequencer has no sound strips")
         return [dict(common, object_name=_target(s.get(STRIP_TARGET_PROPERTY) or args.object, vertex_count),
                      audio_source='STRIP', sound_strip=s.name, take=s.name, mute_other_takes=False) for s in strips]
-    if args.command == "generate":
-        audio = _input_file("--audio", args.audio)
-        sources = [(audio, args.take or takes.take_name_for(audio))]
-    else:
-        sources = [(str(path), takes.take_name_for(str(path))) for path in _audio_folder(args.folder)]
+    paths = [_input_file("--audio", args.audio)] if args.command == "generate" else \
+        [str(path) for path in _audio_folder(args.folder)]
     _open_blend(args.blend)
     obj_name = _target(args.object, vertex_count)
+    sources = [(path, _take_for(bpy.data.objects[obj_name], path, args.take)) for path in paths]
     # A folder's takes follow one another, so none of them mutes the others.
     return [dict(common, object_name=obj_name, audio_source='FILE', audio_path=path, take=take,
                  mute_other_takes=args.command == "generate") for path, take in sources]

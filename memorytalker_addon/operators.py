@@ -43,6 +43,10 @@ class Job:
         shutil.rmtree(self.job_dir, ignore_errors=True)
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _option(operator, scene_settings, name: str):
     return getattr(operator, name) if operator.properties.is_property_set(name) else getattr(scene_settings, name)
 
@@ -68,7 +72,8 @@ def prepare_job(context, operator) -> Job:
         raise GenerationError(f"there is no object named {operator.object_name!r}" if operator.object_name
                               else "no target: select the head mesh to animate")
     if obj.type != 'MESH':
-        raise GenerationError(f"'{obj.name}' is a {obj.type.lower()}, not a mesh; select the head mesh to animate")
+        raise GenerationError(f"'{obj.name}' is not a mesh (its type is {obj.type.lower()}); "
+                              "select the head mesh to animate")
     if obj.mode != 'OBJECT':
         raise GenerationError(f"'{obj.name}' is in {obj.mode.replace('_', ' ').lower()} mode; switch to Object Mode first")
     try:
@@ -138,9 +143,10 @@ def write_job(job: Job, result: dict[str, Any], mute_other_takes: bool = True) -
         warnings.insert(0, job.take_note)
     if result.get("silent"):
         warnings.append("the audio is silent: the take holds a neutral face")
-    detail = {"shapekeys": f"{result['keys']} shape keys, largest error {result['max_error'] * 1000:.3f} mm",
-              "exact": f"{result['keys']} per-frame shape keys", "pc2": f"mesh cache {job.pc2_target}"}[job.mode]
-    return f"Take '{job.take}' on '{obj.name}': {result['frames']} frames from frame {job.start}, {detail}", warnings
+    detail = {"shapekeys": f"{counted(result['keys'], 'shape key')}, largest error {result['max_error'] * 1000:.3f} mm",
+              "exact": counted(result['keys'], 'per-frame shape key'), "pc2": f"mesh cache {job.pc2_target}"}[job.mode]
+    return f"Take '{job.take}' on '{obj.name}': {counted(result['frames'], 'frame')} from frame {job.start}, {detail}", \
+        warnings
 
 
 def _worker(context):

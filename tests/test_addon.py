@@ -224,7 +224,7 @@ def test_bad_targets_leave_the_scene_untouched(scene, model_dir, speech):
     before = [scene_snapshot(scene, o) for o in (small, bpy.data.objects["Head"])]
     with pytest.raises(RuntimeError, match="'Cube' has 3 vertices but the model animates 5023"):
         generate(model_dir, speech, object_name="Cube")
-    with pytest.raises(RuntimeError, match="'Camera' is a camera, not a mesh"):
+    with pytest.raises(RuntimeError, match=r"'Camera' is not a mesh \(its type is camera\)"):
         generate(model_dir, speech, object_name="Camera")
     with pytest.raises(RuntimeError, match="does not exist"):
         generate(model_dir, speech.with_name("missing.wav"))

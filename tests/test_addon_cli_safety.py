@@ -273,3 +273,28 @@ def test_the_interpreter_preference_is_named_when_the_worker_cannot_start(tmp_pa
     with pytest.raises(WorkerError, match="stopped \\(exit code 1\\) before the worker started.*"
                                          "Python interpreter.*preferences"):
         Worker("/bin/false").run(REQUEST)
+
+
+def test_a_file_named_like_an_earlier_take_gets_its_own_take_and_the_same_file_replaces_its_own(
+        shot, model_dir, speech, tmp_path, capsys):
+    from memorytalker_addon import cli, takes
+
+    first, second = tmp_path / "day1" / "line.wav", tmp_path / "day2" / "line.wav"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(speech.read_bytes())
+    common = ["--object", "Head", "--blend", str(shot), "--out", str(shot), "--model", str(model_dir), "--no-sound"]
+    for path in (first, second, first):
+        assert cli.run(["generate", "--audio", str(path), *common]) == 0
+    assert "the take of " + str(second.resolve()) + " is named 'line (2)'" in capsys.readouterr().out
+    bpy.ops.wm.open_mainfile(filepath=str(shot))
+    recorded = takes.records(bpy.data.objects["Head"])
+    assert sorted(recorded) == ["line", "line (2)"]
+    assert recorded["line"]["audio"] == str(first.resolve()) and recorded["line (2)"]["audio"] == str(second.resolve())
+
+
+def test_an_object_that_is_not_a_mesh_is_named_with_its_type(scene, model_dir, speech):
+    scene.collection.objects.link(bpy.data.objects.new("Empty", None))
+    with pytest.raises(RuntimeError, match=r"'Empty' is not a mesh \(its type is empty\)"):
+        bpy.ops.memorytalker.generate('EXEC_DEFAULT', audio_path=str(speech), object_name="Empty",
+                                      model_source='FOLDER', model_folder=str(model_dir), device='CPU')
