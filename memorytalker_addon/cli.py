@@ -190,7 +190,8 @@ def _jobs(args, vertex_count: int) -> list[dict]:
         [str(path) for path in _audio_folder(args.folder)]
     _open_blend(args.blend)
     obj_name = _target(args.object, vertex_count)
-    sources = [(path, _take_for(bpy.data.objects[obj_name], path, args.take)) for path in paths]
+    explicit_take = args.take if args.command == "generate" else None
+    sources = [(path, _take_for(bpy.data.objects[obj_name], path, explicit_take)) for path in paths]
     # A folder's takes follow one another, so none of them mutes the others.
     return [dict(common, object_name=obj_name, audio_source='FILE', audio_path=path, take=take,
                  mute_other_takes=args.command == "generate") for path, take in sources]
