@@ -1,4 +1,4 @@
-"""python -m model_core {train,evaluate,animate,import-official,synth}"""
+"""python -m model_core {train,evaluate,animate,retarget,import-official,synth,corpus}"""
 from __future__ import annotations
 
 import argparse
@@ -309,6 +309,51 @@ def run_animate(args) -> int:
     return 1 if failed else 0
 
 
+def _add_retarget(sub) -> None:
+    p = sub.add_parser("retarget", help="carry motion from the model's head onto another head mesh (any topology)",
+                       epilog="The target is aligned to the model's head by its landmarks (any units and orientation, "
+                              "e.g. Z-up in centimetres), fitted to it and bound vertex by vertex; separate parts "
+                              "that are not skin (eyeballs, teeth) stay still. Exit status 2 on bad input.")
+    p.add_argument("motion", type=Path, help="motion of the model's head: a .npz written by animate")
+    p.add_argument("--target", required=True, type=Path, help="the head to animate: a Wavefront .obj with faces")
+    p.add_argument("--landmarks", required=True, type=Path,
+                   help="JSON {name: vertex index (from 0) or [x, y, z]} on the target; names: mouth_corner_left, "
+                        "mouth_corner_right, upper_lip_center, lower_lip_center, chin, nose_tip (required), "
+                        "eye_outer_left, eye_inner_left, eye_inner_right, eye_outer_right, jaw_left, jaw_right "
+                        "(optional); left and right are the subject's")
+    p.add_argument("--out", required=True, type=Path,
+                   help=f"output file ({', '.join(FORMATS)}); .npz has animate's layout with the target as template")
+    p.add_argument("--model", type=Path, help="model folder whose demo_head.obj and demo_head.json are the motion's "
+                                              "head; default: the bundled demo model")
+
+
+def run_retarget(args) -> int:
+    from .retarget import fit_binding, mesh_signature, read_landmarks, read_model_head, read_motion, read_obj
+
+    if args.out.suffix.lower() not in FORMATS:
+        raise MemoryTalkerError(f"--out {args.out}: give a file ending in {', '.join(FORMATS)}")
+    model = default_model(args.model)
+    source_vertices, source_faces, source_landmarks = read_model_head(model)
+    displacements, fps, metadata = read_motion(args.motion)
+    if displacements.shape[1] != len(source_vertices):
+        raise MemoryTalkerError(f"{args.motion} moves {displacements.shape[1]} vertices, but the head of {model} has "
+                                f"{len(source_vertices)}; give --model the model that made the motion")
+    target_vertices, target_faces = read_obj(args.target)
+    target_landmarks = read_landmarks(args.landmarks)
+    binding = fit_binding(source_vertices, source_faces, source_landmarks, target_vertices, target_faces,
+                          target_landmarks)
+    metadata["retarget"] = {"target": str(args.target), "target_vertices": len(target_vertices),
+                            "still_vertices": int(binding.still.sum()), "scale": binding.scale,
+                            "signature": mesh_signature(target_vertices, target_faces, target_landmarks)}
+    frames = len(displacements)
+    with MotionWriter(args.out, frames, len(target_vertices), fps, target_vertices, metadata) as writer:
+        for start in range(0, frames, 256):
+            writer.write(binding.transfer(displacements[start:start + 256]))
+    print(f"{args.motion} -> {args.out} ({_count(frames, 'frame')} on {len(target_vertices)} vertices, "
+          f"{int(binding.still.sum())} of them still)")
+    return 0
+
+
 def _read_backbone_json(path: Path) -> dict:
     try:
         hf_config = json.loads(path.read_text())
@@ -355,12 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_core", description="MemoryTalker: speech-driven 3D facial animation")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_animate, _add_import, _add_synth, _add_corpus):
+    for add in (_add_train, _add_evaluate, _add_animate, _add_retarget, _add_import, _add_synth, _add_corpus):
         add(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    handlers = {"train": run_train, "evaluate": run_evaluate, "animate": run_animate, "import-official": run_import,
-                "synth": run_synth, "corpus": run_corpus}
+    handlers = {"train": run_train, "evaluate": run_evaluate, "animate": run_animate, "retarget": run_retarget,
+                "import-official": run_import, "synth": run_synth, "corpus": run_corpus}
     try:
         return handlers[args.command](args)
     except MemoryTalkerError as exc:

@@ -8,6 +8,11 @@ the upper lip and the lower copies to the lower lip; at rest the copies coincide
 and the rig pulls them apart. The result is one connected, manifold surface with two boundaries,
 the neck opening and the lips, like FLAME's. Coordinates follow FLAME: metres, y up, the face
 looking down +z, +x on the subject's left.
+
+`demo_head()` is the head the bundled model animates. `demo_head(columns, rows, shape)` rebuilds the
+same kind of head on another grid (another topology of the same surface) or with another identity
+(`HeadShape`, parameters of the signed-distance function); the retargeting tests use these heads
+as ground truth, since the rig's motion is a function of position on whichever head it is built on.
 """
 from __future__ import annotations
 
@@ -47,20 +52,31 @@ def _subtract(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
     return a * (1 - h) + (-b) * h + k * h * (1 - h)
 
 
-def head_distance(p: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class HeadShape:
+    """The identity of a demo head: parameters of its signed-distance function. The defaults give
+    the bundled model's head; the lips are left as they are, so the rig works on any shape."""
+    head_width: float = 1.0  # scales the cranium and ears across (x)
+    jaw_drop: float = 0.0  # metres the chin reaches further down (a longer jaw)
+    nose_size: float = 1.0  # scales the nose tip, bridge and nostril wings
+
+
+def head_distance(p: np.ndarray, shape: HeadShape = HeadShape()) -> np.ndarray:
     """Approximate signed distance to the head surface (negative inside)."""
-    d = _ellipsoid(p, (0, 0.02, -0.012), (0.076, 0.097, 0.100))  # cranium
+    wide, drop, nose = shape.head_width, shape.jaw_drop, shape.nose_size
+    d = _ellipsoid(p, (0, 0.02, -0.012), (0.076 * wide, 0.097, 0.100))  # cranium
     d = _union(d, _ellipsoid(p, (0, -0.040, 0.020), (0.063, 0.070, 0.074)), 0.02)  # lower face and jaw
-    d = _union(d, _ellipsoid(p, (0, -0.092, 0.060), (0.024, 0.020, 0.022)), 0.02)  # chin
+    d = _union(d, _ellipsoid(p, (0, -0.092 - drop, 0.060), (0.024, 0.020 + drop / 2, 0.022)), 0.02)  # chin
     for side in (-1, 1):
         d = _union(d, _ellipsoid(p, (side * 0.042, -0.014, 0.052), (0.027, 0.025, 0.027)), 0.02)  # cheek
-        d = _union(d, _ellipsoid(p, (side * 0.078, 0.004, -0.012), (0.010, 0.030, 0.018)), 0.006)  # ear
-        d = _union(d, _ellipsoid(p, (side * 0.012, -0.020, 0.093), (0.009, 0.007, 0.008)), 0.006)  # nostril wing
+        d = _union(d, _ellipsoid(p, (side * 0.078 * wide, 0.004, -0.012), (0.010, 0.030, 0.018)), 0.006)  # ear
+        d = _union(d, _ellipsoid(p, (side * 0.012 * nose, -0.020, 0.093), (0.009 * nose, 0.007 * nose, 0.008 * nose)),
+                   0.006)  # nostril wing
         d = _subtract(d, _ellipsoid(p, (side * 0.031, 0.028, 0.100), (0.016, 0.010, 0.014)), 0.012)  # eye socket
         d = _union(d, _ellipsoid(p, (side * 0.031, 0.027, 0.081), (0.012, 0.010, 0.012)), 0.004)  # eyeball
     d = _union(d, _ellipsoid(p, (0, 0.047, 0.079), (0.050, 0.008, 0.012)), 0.02)  # brow
-    d = _union(d, _capsule(p, (0, 0.026, 0.088), (0, -0.008, 0.103), 0.007), 0.012)  # nose bridge
-    d = _union(d, _ellipsoid(p, (0, -0.012, 0.103), (0.0095, 0.009, 0.0095)), 0.006)  # nose tip
+    d = _union(d, _capsule(p, (0, 0.026, 0.088), (0, -0.008, 0.103), 0.007 * nose), 0.012)  # nose bridge
+    d = _union(d, _ellipsoid(p, (0, -0.012, 0.103), (0.0095 * nose, 0.009 * nose, 0.0095 * nose)), 0.006)  # nose tip
     d = _union(d, _ellipsoid(p, (0, -0.043, 0.093), (0.025, 0.0075, 0.011)), 0.006)  # upper lip
     d = _union(d, _ellipsoid(p, (0, -0.054, 0.090), (0.022, 0.0080, 0.011)), 0.006)  # lower lip
     d = _union(d, _capsule(p, (0, -0.06, -0.02), (0, -0.25, -0.02), 0.052), 0.03)  # neck
@@ -95,29 +111,54 @@ def _directions(longitude: np.ndarray, latitude: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(lat) * np.sin(lon), np.sin(lat), np.cos(lat) * np.cos(lon)], -1)
 
 
-def _surface_points(directions: np.ndarray, far: float = 0.32, steps: int = 96) -> np.ndarray:
+def _surface_points(directions: np.ndarray, shape: HeadShape, far: float = 0.32, steps: int = 96) -> np.ndarray:
     """The outermost surface crossing along each ray from CENTRE (bisection after a coarse march)."""
     flat = directions.reshape(-1, 3)
     t = np.linspace(far, 0.0, steps)
-    samples = head_distance(CENTRE + t[None, :, None] * flat[:, None, :])
+    samples = head_distance(CENTRE + t[None, :, None] * flat[:, None, :], shape)
     first_inside = np.argmax(samples <= 0, axis=1)
     low, high = t[first_inside], t[np.maximum(first_inside - 1, 0)]  # inside at low, outside at high
     for _ in range(40):
         middle = (low + high) / 2
-        inside = head_distance(CENTRE + middle[:, None] * flat) <= 0
+        inside = head_distance(CENTRE + middle[:, None] * flat, shape) <= 0
         low, high = np.where(inside, middle, low), np.where(inside, high, middle)
     return (CENTRE + ((low + high) / 2)[:, None] * flat).reshape(directions.shape)
 
 
-@lru_cache(maxsize=1)
-def demo_head() -> DemoHead:
-    # Longitude 0 is the front; columns crowd around the face, rows around the mouth and eyes.
-    u = _warp(np.arange(COLUMNS) / COLUMNS, [0.0, 1.0, 0.5], [0.09, 0.09, 0.2], [3.0, 3.0, -0.5])
-    longitude = np.where(u > 0.5, u - 1.0, u) * 2 * np.pi
-    order = np.argsort(longitude)
-    longitude = longitude[order]
+def _longitudes(columns: int) -> np.ndarray:
+    """Longitude 0 is the front; columns crowd around the face."""
+    u = _warp(np.arange(columns) / columns, [0.0, 1.0, 0.5], [0.09, 0.09, 0.2], [3.0, 3.0, -0.5])
+    return np.sort(np.where(u > 0.5, u - 1.0, u) * 2 * np.pi)
+
+
+def _mouth_corner_longitudes() -> tuple[float, float]:
+    """The longitudes of the demo head's mouth corners (right, left): the outermost of its columns
+    within MOUTH_HALF_ANGLE of the front. Heads on other grids put a column on each, so every head
+    has its corners, and so its rig, in the same place."""
+    longitude = _longitudes(COLUMNS)
+    mouth = longitude[np.abs(longitude) < MOUTH_HALF_ANGLE]
+    return float(mouth[0]), float(mouth[-1])
+
+
+def _landmark_vertex(vertices: np.ndarray, longitude: float, latitude: float, shape: HeadShape) -> int:
+    """The vertex nearest to where the ray from CENTRE at (longitude, latitude) leaves the head."""
+    point = _surface_points(_directions(np.array([longitude]), np.array([latitude])), shape)[0, 0]
+    return int(np.argmin(np.linalg.norm(vertices - point, axis=1)))
+
+
+@lru_cache(maxsize=8)
+def demo_head(columns: int = COLUMNS, rows: int = ROWS, shape: HeadShape = HeadShape()) -> DemoHead:
+    """The demo head sampled on a grid of `columns` longitudes and `rows` latitudes (the defaults
+    are the bundled model's topology), with the identity `shape`."""
+    if columns < 24 or rows < 12:
+        raise ValueError(f"a demo head needs at least 24 columns and 12 rows, got {columns} x {rows}")
+    longitude = _longitudes(columns)
+    right_corner, left_corner = _mouth_corner_longitudes()
+    for corner in (right_corner, left_corner):
+        longitude[np.argmin(np.abs(longitude - corner))] = corner
+    # Rows crowd around the mouth and eyes.
     mouth_latitude = np.arctan2(-0.0485 - CENTRE[1], 0.095)
-    v = np.linspace(0, 1, ROWS)
+    v = np.linspace(0, 1, rows)
     mouth_v = (mouth_latitude - LOWEST_LATITUDE) / (np.pi / 2 - LOWEST_LATITUDE)
     eyes_v = (np.arctan2(0.04, 0.09) - LOWEST_LATITUDE) / (np.pi / 2 - LOWEST_LATITUDE)
     v = _warp(v, [mouth_v, eyes_v], [0.05, 0.06], [3.0, 1.2])
@@ -125,15 +166,15 @@ def demo_head() -> DemoHead:
     mouth_row = int(np.argmin(np.abs(latitude - mouth_latitude)))
     latitude[mouth_row] = mouth_latitude
     latitude = latitude[:-1]  # the top row is replaced by one pole vertex
-    grid = _surface_points(_directions(longitude, latitude))
-    pole = _surface_points(np.array([[[0.0, 1.0, 0.0]]]))[0, 0]
+    grid = _surface_points(_directions(longitude, latitude), shape)
+    pole = _surface_points(np.array([[[0.0, 1.0, 0.0]]]), shape)[0, 0]
     rows, columns = grid.shape[:2]
     index = np.arange(rows * columns).reshape(rows, columns)
     vertices = [grid.reshape(-1, 3), pole[None]]
     pole_index = rows * columns
 
     # The mouth slit: interior mouth-line vertices get a lower-lip copy; the corners stay shared.
-    mouth_columns = np.nonzero(np.abs(longitude) < MOUTH_HALF_ANGLE)[0]
+    mouth_columns = np.nonzero((longitude >= right_corner) & (longitude <= left_corner))[0]
     interior = mouth_columns[1:-1]
     lower_copy = {int(c): pole_index + 1 + k for k, c in enumerate(interior)}
     vertices.append(grid[mouth_row, interior])
@@ -166,6 +207,14 @@ def demo_head() -> DemoHead:
                  "lower_lip_center": int(lower_copy[centre_column]),
                  "mouth_corner_left": corner_left, "mouth_corner_right": corner_right,
                  "chin": chin, "nose_tip": nose_tip}
+    # Eye corners: the creases where the eyeball meets the nose bridge (inner) and the socket's rim
+    # (outer); jaw corners: low on the jaw, below and in front of the ears. Nearest vertices to
+    # fixed rays, so every grid has them within half its spacing of the same points.
+    eye_latitude, jaw_latitude = np.arctan2(0.028 - CENTRE[1], 0.09), -0.825
+    for side, name in ((1.0, "left"), (-1.0, "right")):
+        landmarks[f"eye_outer_{name}"] = _landmark_vertex(vertices, side * 0.51, eye_latitude, shape)
+        landmarks[f"eye_inner_{name}"] = _landmark_vertex(vertices, side * 0.20, eye_latitude, shape)
+        landmarks[f"jaw_{name}"] = _landmark_vertex(vertices, side * 1.2, jaw_latitude, shape)
     mouth_centre = vertices[landmarks["upper_lip_center"]]
     offset = (vertices - mouth_centre) / np.array([0.034, 0.020, 0.03])
     lip_indices = np.nonzero((np.linalg.norm(offset, axis=1) < 1.0) & (vertices[:, 2] > 0.06))[0]
