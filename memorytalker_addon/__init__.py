@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import cli, operators, settings, ui
+from . import cli, landmarks, operators, settings, ui
 from .worker_client import stop_shared_worker
 
 CLASSES = settings.CLASSES + operators.CLASSES + ui.CLASSES
@@ -19,6 +19,7 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     settings.register_properties()
+    landmarks.register()
     _cli_handle = bpy.utils.register_cli_command("memorytalker", cli.run)
 
 
@@ -28,6 +29,7 @@ def unregister() -> None:
     if _cli_handle is not None:
         bpy.utils.unregister_cli_command(_cli_handle)
         _cli_handle = None
+    landmarks.unregister()
     settings.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -4,6 +4,8 @@
   F-curves live in a channel bag of the action's first keyframe strip, for a slot of the ID type.
 - Sequencer: 4.4 renamed `sequences`/`sequences_all` to `strips`/`strips_all`; 5.0 dropped the
   old names.
+- Drawing points: later versions have `POINT_UNIFORM_COLOR`, since `UNIFORM_COLOR` draws points wrongly on
+  Metal and Vulkan; earlier ones have only `UNIFORM_COLOR`.
 """
 from __future__ import annotations
 
@@ -46,3 +48,19 @@ def action_curves(action: bpy.types.Action) -> list:
         return list(action.fcurves)
     return [curve for layer in action.layers for strip in layer.strips
             for bag in strip.channelbags for curve in bag.fcurves]
+
+
+def draw_points(positions, color, size: float) -> None:
+    """Draws `positions` (world space) as dots in the 3D Viewport (from a POST_VIEW draw handler)."""
+    import gpu
+    from gpu_extras.batch import batch_for_shader
+
+    try:
+        shader = gpu.shader.from_builtin('POINT_UNIFORM_COLOR')
+        shader.uniform_float("size", size)
+    except ValueError:  # a version without point shaders: the size is the state's
+        shader = gpu.shader.from_builtin('UNIFORM_COLOR')
+        gpu.state.point_size_set(size)
+    shader.uniform_float("color", color)
+    batch_for_shader(shader, 'POINTS', {"pos": positions}).draw(shader)
+    gpu.state.point_size_set(1.0)  # what Blender's own drawing expects

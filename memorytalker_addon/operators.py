@@ -1,5 +1,5 @@
 """The operators: generate a take (modal in the interface, synchronous in background mode), cancel,
-remove a take, and add the demo head the bundled model animates."""
+remove a take, add the demo head the bundled model animates, and place a head's landmarks."""
 from __future__ import annotations
 
 import math
@@ -12,9 +12,9 @@ from typing import Any
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import compat, models, settings, takes
+from . import compat, landmarks, models, settings, takes
 from .worker_client import WorkerError, shared_worker
 
 MIN_FPS, MAX_FPS = 23.976, 120.0
@@ -62,6 +62,39 @@ def _existing_file(path: str, what: str) -> str:
     return absolute
 
 
+def _source_head(folder: Path, expected: int) -> tuple[Path, Path]:
+    """The model's own head and its landmarks: an OBJ beside the weights with a JSON of the same name (the
+    demo model's demo_head.obj and demo_head.json)."""
+    for mesh in sorted(folder.glob("*.obj")):
+        if mesh.with_suffix(".json").is_file():
+            return mesh, mesh.with_suffix(".json")
+    raise GenerationError(f"the model in {folder} animates only meshes of {expected} vertices: it has no head mesh "
+                          "with landmarks to carry its motion onto another mesh (an OBJ of its head beside the "
+                          "weights, with a JSON of the same name holding the head's \"landmarks\")")
+
+
+def _retargeting(obj, folder: Path, expected: int, bundled: bool) -> dict[str, Any]:
+    """How the worker carries the model's motion onto `obj`, a mesh of another vertex count: by the landmarks
+    of both heads. Raises GenerationError saying what to do when that cannot be done."""
+    count = len(obj.data.vertices)
+    trained_on = 'FLAME topology' if expected == 5023 else 'its training mesh'
+    model = (f"the bundled demo model animates the demo head ({expected}); click 'Add demo head', or" if bundled
+             else f"the model animates {expected} ({trained_on}); select a head mesh with the model's topology, or")
+    try:
+        placed = landmarks.stored(obj)
+    except landmarks.LandmarkError as error:
+        raise GenerationError(f"'{obj.name}' has {count} vertices but {model} place its landmarks again: "
+                              f"{error}") from None
+    missing = [name for name in landmarks.REQUIRED_NAMES if name not in placed]
+    if missing:
+        raise GenerationError(f"'{obj.name}' has {count} vertices but {model} place the head's landmarks so that the "
+                              "motion can be carried onto it (MemoryTalker > Landmarks: Detect automatically, or "
+                              f"Assign; missing: {', '.join(missing)})")
+    mesh, marks = _source_head(folder, expected)
+    return {"landmarks": placed, "source_mesh": str(mesh), "source_landmarks": str(marks),
+            "binding_cache": str(takes.temp_cache_folder() / "bindings")}
+
+
 def prepare_job(context, operator) -> Job:
     """Checks everything that can be checked before running the model."""
     scene = context.scene
@@ -86,13 +119,7 @@ def prepare_job(context, operator) -> Job:
     except models.ModelFolderError as error:
         raise GenerationError(str(error)) from None
     count = len(obj.data.vertices)
-    if count != expected and opt("model_source") == 'BUNDLED':
-        raise GenerationError(f"'{obj.name}' has {count} vertices but the bundled demo model animates the demo "
-                              f"head ({expected}); click 'Add demo head', or choose a model folder trained for your mesh")
-    if count != expected:
-        raise GenerationError(f"'{obj.name}' has {count} vertices but the model animates {expected} "
-                              f"({'FLAME topology' if expected == 5023 else 'its training mesh'}); "
-                              "select a head mesh with the model's topology")
+    retarget = _retargeting(obj, folder, expected, opt("model_source") == 'BUNDLED') if count != expected else None
     start = opt("start_frame")
     add_sound = opt("add_sound_strip")
     if opt("audio_source") == 'STRIP':
@@ -124,6 +151,12 @@ def prepare_job(context, operator) -> Job:
                "audio": audio, "style_audio": style_audio, "style_strength": opt("style_strength"),
                "fps": fps, "mode": mode, "tolerance": opt("tolerance_mm") * 1e-3,
                "pc2_path": str(job_dir / "motion.pc2")}
+    if retarget is not None:
+        obj.data.calc_loop_triangles()  # a cache Blender keeps beside the mesh; the mesh is unchanged
+        triangles = np.empty(len(obj.data.loop_triangles) * 3, np.int64)
+        obj.data.loop_triangles.foreach_get("vertices", triangles)
+        np.save(job_dir / "faces.npy", triangles.reshape(-1, 3))
+        request["retarget"] = retarget
     return Job(scene.name, obj.name, take, mode, start, audio, add_sound, pc2_target, count, job_dir, request,
                take_note)
 
@@ -333,4 +366,79 @@ class MEMORYTALKER_OT_add_demo_head(bpy.types.Operator):
         return {'FINISHED'}
 
 
-CLASSES = (MEMORYTALKER_OT_generate, MEMORYTALKER_OT_cancel, MEMORYTALKER_OT_remove_take, MEMORYTALKER_OT_add_demo_head)
+def _landmark_target(context, object_name: str):
+    return bpy.data.objects.get(object_name) if object_name else context.active_object
+
+
+class MEMORYTALKER_OT_assign_landmark(bpy.types.Operator):
+    """Make the one vertex selected in Edit Mode this landmark"""
+
+    bl_idname = "memorytalker.assign_landmark"
+    bl_label = "Assign landmark"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    name: StringProperty(name="Landmark", description="One of the landmark names, e.g. nose_tip")
+
+    def execute(self, context):
+        obj = context.edit_object
+        try:
+            index = landmarks.assign_selected_vertex(obj, self.name)
+        except landmarks.LandmarkError as error:
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"'{obj.name}': {landmarks.label(self.name)} is vertex {index}")
+        return {'FINISHED'}
+
+
+class MEMORYTALKER_OT_clear_landmarks(bpy.types.Operator):
+    """Remove this landmark, or all of the head's landmarks"""
+
+    bl_idname = "memorytalker.clear_landmarks"
+    bl_label = "Clear landmarks"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    name: StringProperty(name="Landmark", description="The landmark to remove (empty: all of them)")
+    object_name: StringProperty(name="Object", description="The head (default: the active object)")
+
+    def execute(self, context):
+        obj = _landmark_target(context, self.object_name)
+        if obj is None or obj.type != 'MESH':
+            self.report({'ERROR'}, "select the head mesh whose landmarks to clear")
+            return {'CANCELLED'}
+        try:
+            landmarks.clear(obj, self.name)
+        except landmarks.LandmarkError as error:
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
+        return {'FINISHED'}
+
+
+class MEMORYTALKER_OT_detect_landmarks(bpy.types.Operator):
+    """Find the head's landmarks automatically: renders its front and looks for a face (needs mediapipe)"""
+
+    bl_idname = "memorytalker.detect_landmarks"
+    bl_label = "Detect automatically"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    object_name: StringProperty(name="Object", description="The head (default: the active object)")
+    facing: EnumProperty(name="Face direction", items=landmarks.FACING_ITEMS, default='AUTO',
+                         description="Which way the face looks in world space")
+
+    def execute(self, context):
+        obj = _landmark_target(context, self.object_name)
+        try:
+            found = landmarks.detect(obj, self.facing)
+        except landmarks.LandmarkError as error:
+            self.report({'ERROR'}, str(error))
+            return {'CANCELLED'}
+        landmarks.store_detected(obj, found)
+        if found.not_found:
+            self.report({'WARNING'}, f"not found: {', '.join(found.not_found)}; {landmarks.MANUAL_HINT}")
+        self.report({'INFO'}, f"Found {counted(len(found.points), 'landmark')} on '{obj.name}' "
+                              f"(face towards {found.view}) in {found.seconds:.1f} s; check them in the viewport "
+                              "and correct any with Assign")
+        return {'FINISHED'}
+
+
+CLASSES = (MEMORYTALKER_OT_generate, MEMORYTALKER_OT_cancel, MEMORYTALKER_OT_remove_take, MEMORYTALKER_OT_add_demo_head,
+           MEMORYTALKER_OT_assign_landmark, MEMORYTALKER_OT_clear_landmarks, MEMORYTALKER_OT_detect_landmarks)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import compat, takes
+from . import compat, landmarks, takes
 
 
 class MEMORYTALKER_PT_panel(bpy.types.Panel):
@@ -87,4 +87,48 @@ class MEMORYTALKER_PT_panel(bpy.types.Panel):
             remove.object_name, remove.take = obj.name, name
 
 
-CLASSES = (MEMORYTALKER_PT_panel,)
+class MEMORYTALKER_PT_landmarks(bpy.types.Panel):
+    """Landmarks let the model animate a head whose vertex count differs from the model's."""
+
+    bl_label = "Landmarks"
+    bl_idname = "MEMORYTALKER_PT_landmarks"
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "MemoryTalker"
+    bl_parent_id = "MEMORYTALKER_PT_panel"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None and context.active_object.type == 'MESH'
+
+    def draw(self, context):
+        layout = self.layout
+        obj = context.active_object
+        if landmarks.out_of_date(obj):
+            layout.label(text="Out of date: the vertex count changed", icon='ERROR')
+            layout.operator("memorytalker.clear_landmarks", text="Clear all", icon='X')
+            return
+        points = landmarks.stored(obj)
+        editing = obj.mode == 'EDIT'
+        column = layout.column(align=True)
+        for name in landmarks.LANDMARK_NAMES:
+            row = column.row(align=True)
+            row.label(text=landmarks.label(name), icon='CHECKMARK' if name in points else 'DOT')
+            assign = row.row(align=True)
+            assign.enabled = editing
+            assign.operator("memorytalker.assign_landmark", text="Assign").name = name
+            if name in points:
+                row.operator("memorytalker.clear_landmarks", text="", icon='X').name = name
+        if not editing:
+            column.label(text="Assign: in Edit Mode, select one vertex", icon='INFO')
+        row = layout.row(align=True)
+        row.enabled = obj.mode == 'OBJECT'
+        row.operator("memorytalker.detect_landmarks", icon='VIEWZOOM')
+        row.operator_menu_enum("memorytalker.detect_landmarks", "facing", text="", icon='DOWNARROW_HLT')
+        row = layout.row(align=True)
+        row.prop(context.window_manager, "memorytalker_show_landmarks", text="Show")
+        row.operator("memorytalker.clear_landmarks", text="Clear all", icon='X')
+
+
+CLASSES = (MEMORYTALKER_PT_panel, MEMORYTALKER_PT_landmarks)

@@ -36,6 +36,37 @@ class Session:
             self.model_key = key
         return self.animator
 
+    @staticmethod
+    def binding_for(template, mesh, faces, retarget: dict[str, Any], emit: Emit):
+        """The binding that carries the model's motion (on its template) onto `mesh`, fitted from the
+        landmarks of both heads, or read from the cache where the same two heads were fitted before."""
+        from model_core.retarget import Binding, RetargetError, fit_binding, mesh_signature, read_landmarks, read_obj
+
+        source_vertices, source_faces = read_obj(retarget["source_mesh"])
+        if len(source_vertices) != len(template):
+            raise RetargetError(f"{retarget['source_mesh']} has {len(source_vertices)} vertices but the model animates "
+                                f"{len(template)}: it is not the model's head; put the model's own head there")
+        source_landmarks = read_landmarks(retarget["source_landmarks"])
+        key = (mesh_signature(mesh, faces, retarget["landmarks"])[:32] + "-"
+               + mesh_signature(template, source_faces, source_landmarks)[:32])
+        cached = Path(retarget["binding_cache"]) / f"{key}.npz"
+        if cached.is_file():
+            try:
+                return Binding.load(cached)
+            except RetargetError:  # a damaged cache file is fitted again
+                pass
+
+        def progress(fraction: float, stage: str) -> None:
+            emit({"event": "progress", "fraction": 0.02 * fraction, "status": f"Fitting the head: {stage}"})
+
+        binding = fit_binding(template, source_faces, source_landmarks, mesh, faces, retarget["landmarks"],
+                              progress=progress)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f"{key}.{os.getpid()}.partial.npz")  # renamed when complete
+        binding.save(partial)
+        os.replace(partial, cached)
+        return binding
+
     def generate(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
         import numpy as np
 
@@ -47,7 +78,11 @@ class Session:
         animator = self.animator_for(request["model"], request.get("device", "auto"), emit)
         mesh = np.load(job / "mesh.npy")
         expected = animator.model.config.num_vertices
-        if len(mesh) != expected:
+        template = animator.model.template.cpu().numpy()
+        binding = None
+        if request.get("retarget"):
+            binding = self.binding_for(template, mesh, np.load(job / "faces.npy"), request["retarget"], emit)
+        elif len(mesh) != expected:
             raise MemoryTalkerError(f"the mesh has {len(mesh)} {'vertex' if len(mesh) == 1 else 'vertices'} but "
                                     f"the model animates {expected}; pick a mesh with the model's topology")
         emit({"event": "progress", "fraction": 0.02, "status": "Reading the audio"})
@@ -61,8 +96,11 @@ class Session:
             done += len(block)
             emit({"event": "progress", "fraction": 0.05 + 0.8 * done / total,
                   "status": f"Animating: {done} of {total} frames"})
-        template = animator.model.template.cpu().numpy()
-        displacements = to_mesh_frame(np.concatenate(parts), mesh_alignment(template, mesh))
+        motion = np.concatenate(parts)
+        if binding is not None:
+            displacements = binding.transfer(motion)
+        else:
+            displacements = to_mesh_frame(motion, mesh_alignment(template, mesh))
         result: dict[str, Any] = {"frames": int(total), "duration_s": waveform.duration, "silent": waveform.silent}
         mode = request["mode"]
         if mode == "shapekeys":
