@@ -8,7 +8,8 @@
 Exit codes: 0 everything was written; 1 at least one generation failed (each failure is printed
 as "error: ..." naming its audio, and the other takes are still written), or the .blend could not
 be saved; 2 an argument is wrong (an option out of range, a missing or unreadable file, an --out
-that cannot be written, a target that is not a mesh the model animates): nothing is written.
+that cannot be written, a target that is not a mesh the model animates: of the model's vertex count, or of
+another with its landmarks placed): nothing is written.
 """
 from __future__ import annotations
 
@@ -120,11 +121,13 @@ def _audio_folder(path: str) -> list[Path]:
     return files
 
 
-def _model_vertex_count(model: str | None) -> int:
+def _model(model: str | None) -> tuple[Path, int]:
+    """The model folder and the vertex count of the head it animates."""
     if model and not Path(model).exists():
         raise UsageError(f"--model {model} does not exist")
     try:
-        return models.model_vertex_count(models.resolve_model_folder('FOLDER' if model else 'BUNDLED', model or ""))
+        folder = models.resolve_model_folder('FOLDER' if model else 'BUNDLED', model or "")
+        return folder, models.model_vertex_count(folder)
     except models.ModelFolderError as error:
         raise UsageError(str(error)) from None
 
@@ -141,8 +144,9 @@ def _open_blend(path: str) -> None:
         raise UsageError(f"Blender cannot read --blend {blend}; give a .blend file saved by Blender") from None
 
 
-def _target(name: str | None, vertex_count: int) -> str:
-    """The name of a mesh the model can animate."""
+def _target(name: str | None, model: tuple[Path, int], bundled: bool) -> str:
+    """The name of a mesh the model can animate: of its vertex count, or of another with the landmarks that
+    carry the motion onto it."""
     if not name:
         raise UsageError("name the target object with --object")
     obj = bpy.data.objects.get(name)
@@ -152,11 +156,12 @@ def _target(name: str | None, vertex_count: int) -> str:
     if obj.type != 'MESH':
         raise UsageError(f"the object {name!r} is not a mesh (its type is {obj.type.lower()}); "
                          f"give --object the head mesh (meshes: {meshes})")
-    count = len(obj.data.vertices)
-    if count != vertex_count:
-        raise UsageError(f"{name!r} has {count} {'vertex' if count == 1 else 'vertices'} but the model animates "
-                         f"{vertex_count}; give --object a head with the model's topology, or --model one trained "
-                         "for this mesh")
+    folder, vertex_count = model
+    if len(obj.data.vertices) != vertex_count:
+        try:
+            operators.retargeting(obj, folder, vertex_count, bundled)
+        except operators.GenerationError as error:
+            raise UsageError(str(error)) from None
     return name
 
 
@@ -172,7 +177,7 @@ def _take_for(obj: bpy.types.Object, audio: str, explicit: str | None) -> str:
     return take
 
 
-def _jobs(args, vertex_count: int) -> list[dict]:
+def _jobs(args, model: tuple[Path, int]) -> list[dict]:
     """The operator options of each take, with every input and target checked; opens the .blend."""
     common = dict(mode=MODES[args.mode], device=args.device.upper(), style_strength=args.style_strength,
                   style_audio=_input_file("--style-audio", args.style_audio) if args.style_audio else "",
@@ -184,12 +189,12 @@ def _jobs(args, vertex_count: int) -> list[dict]:
         strips = [s for s in compat.all_strips(bpy.context.scene) if s.type == 'SOUND']
         if not strips:
             raise UsageError("the sequencer has no sound strips")
-        return [dict(common, object_name=_target(s.get(STRIP_TARGET_PROPERTY) or args.object, vertex_count),
+        return [dict(common, object_name=_target(s.get(STRIP_TARGET_PROPERTY) or args.object, model, not args.model),
                      audio_source='STRIP', sound_strip=s.name, take=s.name, mute_other_takes=False) for s in strips]
     paths = [_input_file("--audio", args.audio)] if args.command == "generate" else \
         [str(path) for path in _audio_folder(args.folder)]
     _open_blend(args.blend)
-    obj_name = _target(args.object, vertex_count)
+    obj_name = _target(args.object, model, not args.model)
     explicit_take = args.take if args.command == "generate" else None
     sources = [(path, _take_for(bpy.data.objects[obj_name], path, explicit_take)) for path in paths]
     # A folder's takes follow one another, so none of them mutes the others.
@@ -211,7 +216,7 @@ def run(argv: list[str]) -> int:
         if args.command == "batch" and args.gap < 0:
             raise UsageError(f"--gap {args.gap} is negative; give 0 or more frames between takes")
         _check_output(args.out)
-        jobs = _jobs(args, _model_vertex_count(args.model))
+        jobs = _jobs(args, _model(args.model))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2

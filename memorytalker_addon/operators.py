@@ -73,21 +73,22 @@ def _source_head(folder: Path, expected: int) -> tuple[Path, Path]:
                           "weights, with a JSON of the same name holding the head's \"landmarks\")")
 
 
-def _retargeting(obj, folder: Path, expected: int, bundled: bool) -> dict[str, Any]:
+def retargeting(obj, folder: Path, expected: int, bundled: bool) -> dict[str, Any]:
     """How the worker carries the model's motion onto `obj`, a mesh of another vertex count: by the landmarks
-    of both heads. Raises GenerationError saying what to do when that cannot be done."""
-    count = len(obj.data.vertices)
+    of both heads. Raises GenerationError saying what to do when that cannot be done. (The command line checks
+    its targets with this too.)"""
+    count = f"{len(obj.data.vertices)} {'vertex' if len(obj.data.vertices) == 1 else 'vertices'}"
     trained_on = 'FLAME topology' if expected == 5023 else 'its training mesh'
     model = (f"the bundled demo model animates the demo head ({expected}); click 'Add demo head', or" if bundled
              else f"the model animates {expected} ({trained_on}); select a head mesh with the model's topology, or")
     try:
         placed = landmarks.stored(obj)
     except landmarks.LandmarkError as error:
-        raise GenerationError(f"'{obj.name}' has {count} vertices but {model} place its landmarks again: "
+        raise GenerationError(f"'{obj.name}' has {count} but {model} place its landmarks again: "
                               f"{error}") from None
     missing = [name for name in landmarks.REQUIRED_NAMES if name not in placed]
     if missing:
-        raise GenerationError(f"'{obj.name}' has {count} vertices but {model} place the head's landmarks so that the "
+        raise GenerationError(f"'{obj.name}' has {count} but {model} place the head's landmarks so that the "
                               "motion can be carried onto it (MemoryTalker > Landmarks: Detect automatically, or "
                               f"Assign; missing: {', '.join(missing)})")
     mesh, marks = _source_head(folder, expected)
@@ -119,7 +120,7 @@ def prepare_job(context, operator) -> Job:
     except models.ModelFolderError as error:
         raise GenerationError(str(error)) from None
     count = len(obj.data.vertices)
-    retarget = _retargeting(obj, folder, expected, opt("model_source") == 'BUNDLED') if count != expected else None
+    retarget = retargeting(obj, folder, expected, opt("model_source") == 'BUNDLED') if count != expected else None
     start = opt("start_frame")
     add_sound = opt("add_sound_strip")
     if opt("audio_source") == 'STRIP':

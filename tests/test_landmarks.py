@@ -14,7 +14,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from memorytalker_addon import landmarks  # noqa: E402
+from memorytalker_addon import compat, landmarks  # noqa: E402
 from memorytalker_addon.models import BUNDLED_MODEL  # noqa: E402
 from tests.test_addon import RecordingLayout  # noqa: E402
 
@@ -381,3 +381,109 @@ def test_a_model_without_its_head_animates_only_its_own_topology(other_head, spe
         bpy.ops.memorytalker.generate('EXEC_DEFAULT', audio_path=str(speech), device='CPU', model_source='FOLDER',
                                       model_folder=str(tmp_path / "model"))
     assert obj.data.shape_keys is None
+
+
+def test_the_command_line_animates_a_head_of_another_topology_with_landmarks(other_head, speech, tmp_path, capsys):
+    from memorytalker_addon import cli, takes
+
+    obj, head = other_head
+    assign_by_hand(obj, {name: head.landmarks[name] for name in landmarks.REQUIRED_NAMES})
+    add_head(head.vertices, head.faces, name="Bare")  # the same head without landmarks
+    shot, out = tmp_path / "shot.blend", tmp_path / "out.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(shot))
+    original = shot.read_bytes()
+    common = ["--audio", str(speech), "--blend", str(shot), "--out", str(out), "--device", "cpu", "--no-sound"]
+    capsys.readouterr()
+    assert cli.run(["generate", "--object", "Bare", *common]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: 'Bare' has 2660 vertices but the bundled demo model animates the demo head "
+                            "(4844)"), error
+    assert "place the head's landmarks" in error and "Detect automatically, or Assign" in error
+    assert shot.read_bytes() == original and not out.exists()
+    assert cli.run(["generate", "--object", "Head", *common]) == 0
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    assert list(takes.records(bpy.data.objects["Head"])) == ["hello"]
+    assert bpy.data.objects["Bare"].data.shape_keys is None
+
+
+@pytest.fixture
+def flame_sized_head(addon, monkeypatch, tmp_path):
+    """A head of another identity with FLAME's vertex count (5023) on a grid of its own, so not the bundled
+    model's topology (4844), facing -Y, with the user's own shape keys and animation and its landmarks, in a
+    fresh scene; its bindings cached in a folder of this test's own."""
+    from memorytalker_addon import takes
+    from model_core.synthetic.head import HeadShape, demo_head
+
+    monkeypatch.setattr(takes, "temp_cache_folder", lambda: tmp_path / "caches")
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.scene.render.fps = 25
+    head = demo_head(111, 46, HeadShape(head_width=1.1, jaw_drop=0.006, nose_size=1.2))
+    assert len(head.vertices) == 5023
+    obj = add_head(head.vertices, head.faces)
+    obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    assign_by_hand(obj, {name: head.landmarks[name] for name in landmarks.REQUIRED_NAMES})
+    obj.shape_key_add(name="Basis", from_mix=False)
+    smile = obj.shape_key_add(name="Smile", from_mix=False)
+    smile.data.foreach_set("co", (head.vertices + 0.002).ravel())
+    for frame, value in ((1, 0.3), (20, 0.8)):
+        smile.value = value
+        smile.keyframe_insert("value", frame=frame)
+    obj.location = (1, 2, 3)
+    obj.keyframe_insert("location", frame=1)
+    return obj, head
+
+
+def user_animation(obj) -> dict:
+    """The user's shape keys and animation, which generating or cancelling must leave as they are."""
+    smile = obj.data.shape_keys.key_blocks["Smile"]
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    smile.data.foreach_get("co", co)
+    curves = compat.action_curves(obj.data.shape_keys.animation_data.action)
+    return {"smile": co.tobytes(), "key action": obj.data.shape_keys.animation_data.action,
+            "object action": obj.animation_data.action, "location": tuple(obj.location),
+            "smile keys": [tuple(point.co) for curve in curves for point in curve.keyframe_points]}
+
+
+def test_generate_on_a_flame_sized_head_of_another_topology_keeps_the_users_animation(flame_sized_head, speech):
+    from memorytalker_addon import takes
+
+    obj, head = flame_sized_head
+    before = user_animation(obj)
+    assert bpy.ops.memorytalker.generate('EXEC_DEFAULT', audio_path=str(speech), device='CPU') == {'FINISHED'}
+    assert list(takes.records(obj)) == ["hello"]
+    assert user_animation(obj) == before
+    bpy.context.scene.frame_set(20)
+    assert obj.data.shape_keys.key_blocks["Smile"].value == pytest.approx(0.8)
+    assert tuple(obj.location) == (1, 2, 3)
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    smiling = head.vertices + 0.8 * 0.002
+    assert np.abs(np.array([v.co for v in evaluated.vertices]) - smiling).max() > 1e-4  # the lips move on the smile
+
+
+def test_a_generation_cancelled_while_fitting_the_head_leaves_the_scene_as_it_was(flame_sized_head, speech, tmp_path):
+    from types import SimpleNamespace
+
+    from memorytalker_addon import operators, takes
+
+    obj, _ = flame_sized_head
+    before, animation = scene_state(), user_animation(obj)
+    generate = operators.MEMORYTALKER_OT_generate
+    options = {"audio_path": str(speech), "device": 'CPU'}
+    operator = SimpleNamespace(object_name="", take="", mute_other_takes=True,
+                               properties=SimpleNamespace(is_property_set=options.__contains__), **options)
+    job = operators.prepare_job(bpy.context, operator)
+    worker = operators._worker(bpy.context)
+    worker.submit(job.request)
+    event = {}
+    while not event.get("status", "").startswith("Fitting the head"):
+        event = worker.wait(timeout=120)
+        assert event["event"] == "progress", event
+    # Esc reaches the modal operator while the worker fits: the operator's own cancel path runs.
+    reports: list = []
+    running = SimpleNamespace(_job=job, _timer=None, report=lambda kind, message: reports.append(message))
+    running._end = lambda context: generate._end(running, context)
+    assert generate.modal(running, bpy.context, SimpleNamespace(type='ESC')) == {'CANCELLED'}
+    assert reports == ["Generation cancelled; the scene was not changed"]
+    assert not worker.alive and not job.job_dir.exists()
+    assert scene_state() == before and user_animation(obj) == animation
+    assert takes.records(obj) == {} and not list((tmp_path / "caches").rglob("*.npz"))
