@@ -8,45 +8,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 bpy = pytest.importorskip("bpy")
 
-from model_core import save_model  # noqa: E402
-from tests.conftest import speech_like, tiny_model  # noqa: E402
-
-FLAME_VERTICES = 5023
-
-
-@pytest.fixture(scope="module")
-def addon():
-    import memorytalker_addon
-
-    memorytalker_addon.register()
-    yield memorytalker_addon
-    memorytalker_addon.unregister()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    save_model(tiny_model(seed=3, num_vertices=FLAME_VERTICES), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio") / "hello_world.wav"
-    sf.write(path, speech_like(1.5, 44100, seed=5)[0], 44100)
-    return path
-
-
-def head_vertices(count: int = FLAME_VERTICES) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    points = rng.normal(size=(count, 3))
-    return (0.1 * points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+from tests.blender_fixtures import addon, head_vertices, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
 
 
 @pytest.fixture

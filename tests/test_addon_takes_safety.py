@@ -11,23 +11,13 @@ import soundfile as sf
 
 bpy = pytest.importorskip("bpy")
 
+from tests.blender_fixtures import addon, HAS_AUDIO, head_vertices, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
 from memorytalker_addon import compat  # noqa: E402
-from model_core import Animator, load_model, save_model  # noqa: E402
+from model_core import Animator, load_model  # noqa: E402
 from model_core.motion_io import read_pc2  # noqa: E402
-from tests.conftest import speech_like, tiny_model  # noqa: E402
+from tests.conftest import speech_like  # noqa: E402
 
-FLAME_VERTICES = 5023
-HAS_AUDIO = bpy.app.build_options.audaspace  # the 4.2 bpy wheel has no audio: no sound strips there
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def addon():
-    import memorytalker_addon
-
-    memorytalker_addon.register()
-    yield memorytalker_addon
-    memorytalker_addon.unregister()
 
 
 @pytest.fixture(autouse=True)
@@ -39,31 +29,11 @@ def temp_folder(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    save_model(tiny_model(seed=3, num_vertices=FLAME_VERTICES), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio") / "hello_world.wav"
-    sf.write(path, speech_like(1.5, 44100, seed=5)[0], 44100)
-    return path
-
-
 @pytest.fixture
 def other_line(tmp_path) -> Path:
     path = tmp_path / "second_line.wav"
     sf.write(path, speech_like(1.0, 16000, seed=9)[0], 16000)
     return path
-
-
-def head_vertices(count: int = FLAME_VERTICES) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    points = rng.normal(size=(count, 3))
-    return (0.1 * points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
 def new_file() -> bpy.types.Scene:

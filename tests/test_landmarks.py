@@ -14,6 +14,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from tests.blender_fixtures import addon  # noqa: E402,F401,F811 (fixtures)
 from memorytalker_addon import compat, landmarks  # noqa: E402
 from memorytalker_addon.models import BUNDLED_MODEL  # noqa: E402
 from tests.test_addon import RecordingLayout  # noqa: E402
@@ -37,17 +38,9 @@ def test_unregister_removes_the_landmark_tools():
 
 
 def test_the_names_are_the_retargeting_names():
-    retarget = pytest.importorskip("model_core.retarget", reason="model_core.retarget is not there yet")
+    from model_core import retarget
+
     assert landmarks.LANDMARK_NAMES == retarget.LANDMARK_NAMES
-
-
-@pytest.fixture(scope="module")
-def addon():
-    import memorytalker_addon
-
-    memorytalker_addon.register()
-    yield memorytalker_addon
-    memorytalker_addon.unregister()
 
 
 @pytest.fixture
@@ -308,7 +301,6 @@ def speech(tmp_path):
 def other_head(addon, monkeypatch, tmp_path):
     """The demo head on a coarser grid (2660 vertices), facing -Y like a character, in a fresh scene; its
     bindings cached in a folder of this test's own."""
-    pytest.importorskip("model_core.retarget", reason="model_core.retarget is not there yet")
     from memorytalker_addon import takes
     from model_core.synthetic.head import demo_head
 
