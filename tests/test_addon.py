@@ -12,7 +12,10 @@ import soundfile as sf
 
 bpy = pytest.importorskip("bpy")
 
-from tests.blender_fixtures import addon, FLAME_VERTICES, HAS_AUDIO, head_vertices, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
+from tests.blender_fixtures import addon, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
+from tests.blender_fixtures import (  # noqa: E402
+    add_head, evaluated_positions, FLAME_VERTICES, generate,
+    HAS_AUDIO, head_vertices, max_vertex_error, model_motion, new_file)
 from memorytalker_addon import compat  # noqa: E402
 from model_core import Animator, load_model  # noqa: E402
 from model_core.motion_io import read_pc2  # noqa: E402
@@ -23,42 +26,9 @@ TOLERANCE = 1e-4
 
 @pytest.fixture
 def scene(addon, tmp_path):
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.fps, scene.render.fps_base = 24, 1.0
-    scene.frame_start, scene.frame_end = 1, 10
-    mesh = bpy.data.meshes.new("Head")
-    mesh.from_pydata(head_vertices().tolist(), [], [])
-    obj = bpy.data.objects.new("Head", mesh)
-    scene.collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
+    scene = new_file()
+    add_head(scene.collection)
     return scene
-
-
-def generate(model_dir, audio, **options):
-    options.setdefault("model_source", 'FOLDER')
-    options.setdefault("model_folder", str(model_dir))
-    options.setdefault("audio_path", str(audio))
-    options.setdefault("device", 'CPU')
-    return bpy.ops.memorytalker.generate('EXEC_DEFAULT', **options)
-
-
-def evaluated_positions(obj, frame: int) -> np.ndarray:
-    bpy.context.scene.frame_set(frame)
-    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-    co = np.empty(len(evaluated.data.vertices) * 3, np.float32)
-    evaluated.data.vertices.foreach_get("co", co)
-    return co.reshape(-1, 3)
-
-
-def model_motion(model_dir, audio, fps) -> np.ndarray:
-    return Animator(load_model(model_dir), "cpu").animate(audio, fps=fps).displacements
-
-
-def max_vertex_error(obj, motion: np.ndarray, start: int, scale: float = 1.0) -> float:
-    rest = head_vertices()
-    return max(float(np.linalg.norm(evaluated_positions(obj, start + f) - rest - scale * motion[f], axis=1).max())
-               for f in range(len(motion)))
 
 
 def scene_snapshot(scene, obj) -> dict:

@@ -12,19 +12,14 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from tests.blender_fixtures import addon, head_vertices, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
+from tests.blender_fixtures import addon, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
+from tests.blender_fixtures import add_head, new_file  # noqa: E402
 
 
 @pytest.fixture
 def scene(addon):
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.fps, scene.render.fps_base = 24, 1.0
-    mesh = bpy.data.meshes.new("Head")
-    mesh.from_pydata(head_vertices().tolist(), [], [])
-    obj = bpy.data.objects.new("Head", mesh)
-    scene.collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
+    scene = new_file()
+    add_head(scene.collection)
     return scene
 
 

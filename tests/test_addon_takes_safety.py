@@ -11,7 +11,10 @@ import soundfile as sf
 
 bpy = pytest.importorskip("bpy")
 
-from tests.blender_fixtures import addon, HAS_AUDIO, head_vertices, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
+from tests.blender_fixtures import addon, model_dir, speech  # noqa: E402,F401,F811 (fixtures)
+from tests.blender_fixtures import (  # noqa: E402
+    add_head, generate, HAS_AUDIO,
+    head_vertices, max_vertex_error, model_motion, new_file)
 from memorytalker_addon import compat  # noqa: E402
 from model_core import Animator, load_model  # noqa: E402
 from model_core.motion_io import read_pc2  # noqa: E402
@@ -36,54 +39,11 @@ def other_line(tmp_path) -> Path:
     return path
 
 
-def new_file() -> bpy.types.Scene:
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.fps, scene.render.fps_base = 24, 1.0
-    scene.frame_start, scene.frame_end = 1, 10
-    return scene
-
-
-def add_head(collection) -> bpy.types.Object:
-    mesh = bpy.data.meshes.new("Head")
-    mesh.from_pydata(head_vertices().tolist(), [], [])
-    obj = bpy.data.objects.new("Head", mesh)
-    collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
-    return obj
-
-
 @pytest.fixture
 def scene(addon):
     scene = new_file()
     add_head(scene.collection)
     return scene
-
-
-def generate(model_dir, audio, **options):
-    options.setdefault("model_source", 'FOLDER')
-    options.setdefault("model_folder", str(model_dir))
-    options.setdefault("audio_path", str(audio))
-    options.setdefault("device", 'CPU')
-    return bpy.ops.memorytalker.generate('EXEC_DEFAULT', **options)
-
-
-def evaluated_positions(obj, frame: int) -> np.ndarray:
-    bpy.context.scene.frame_set(frame)
-    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-    co = np.empty(len(evaluated.data.vertices) * 3, np.float32)
-    evaluated.data.vertices.foreach_get("co", co)
-    return co.reshape(-1, 3)
-
-
-def model_motion(model_dir, audio, fps=24) -> np.ndarray:
-    return Animator(load_model(model_dir), "cpu").animate(audio, fps=fps).displacements
-
-
-def max_vertex_error(obj, motion: np.ndarray, start: int) -> float:
-    rest = head_vertices()
-    return max(float(np.linalg.norm(evaluated_positions(obj, start + f) - rest - motion[f], axis=1).max())
-               for f in range(len(motion)))
 
 
 def takes_of(obj) -> dict:
