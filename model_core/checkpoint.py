@@ -37,6 +37,19 @@ def save_model(model: MemoryTalker, folder: str | Path, metadata: dict[str, Any]
     return folder
 
 
+def update_model_config(folder: str | Path, **changes: Any) -> MemoryTalkerConfig:
+    """Changes config fields of a saved model in place (config.json only; the weights stay as they
+    are), checked as loading checks them."""
+    folder = Path(folder)
+    document = read_model_document(folder)
+    config = MemoryTalkerConfig.from_dict({**document["config"], **changes}, folder / CONFIG_FILE)
+    document["config"] = config.to_dict()
+    partial = folder / f".{CONFIG_FILE}.partial"
+    partial.write_text(json.dumps(document, indent=2) + "\n")
+    partial.replace(folder / CONFIG_FILE)
+    return config
+
+
 def read_model_document(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.exists():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ class MemoryTalkerConfig:
     # The CTC tokens, when the backbone was trained here as a phoneme recogniser (`train --stage
     # asr`): index 0 is the blank, then one phoneme per memory slot. None for pretrained backbones.
     vocabulary: list[str] | None = None
+    # Added to the recogniser's logits of these phonemes before the memory and the decoder read
+    # them, at inference only (training sees the recogniser's own logits). A recogniser trained on
+    # a few hours of speech is unsure of p, b and m on unseen voices and the mouth then stays half
+    # open; shifting their log-odds closes it where they are merely likely. Chosen on held-out
+    # speakers after training (scripts/real_speech_eval.py --bilabial-bias); needs `vocabulary`.
+    phoneme_logit_bias: dict[str, float] = field(default_factory=dict)
     feature_dim: int = 96
     kappa: float = 16.0
     period: int = 30
@@ -70,6 +77,14 @@ class MemoryTalkerConfig:
                 )
         if self.vocabulary is not None and len(self.vocabulary) != self.mem_slots:
             raise ValueError(f"the vocabulary has {len(self.vocabulary)} tokens but mem_slots is {self.mem_slots}")
+        if self.phoneme_logit_bias:
+            unknown = sorted(set(self.phoneme_logit_bias) - set(self.vocabulary or ()))
+            if unknown:
+                raise ValueError(f"phoneme_logit_bias names {', '.join(unknown)}, which "
+                                 + ("the vocabulary lacks" if self.vocabulary else
+                                    "needs a phoneme vocabulary (a backbone trained with `train --stage asr`)"))
+            if not all(math.isfinite(v) for v in self.phoneme_logit_bias.values()):
+                raise ValueError("phoneme_logit_bias values must be finite numbers")
         if self.feature_dim % self.decoder_heads:
             raise ValueError(f"feature_dim {self.feature_dim} is not divisible by decoder_heads {self.decoder_heads}")
         if self.style_weights not in ("residual", "product"):

@@ -256,6 +256,11 @@ class MemoryTalker(nn.Module):
         # The neutral mesh the motion was learned on (mean training template); displacements are
         # relative to whatever mesh they are applied to, the template is kept for export and checks.
         self.register_buffer("template", torch.zeros(config.num_vertices, 3))
+        # Not saved with the weights: it comes from the config (see phoneme_logit_bias there).
+        logit_bias = torch.zeros(n)
+        for phoneme, bias in config.phoneme_logit_bias.items():
+            logit_bias[config.vocabulary.index(phoneme)] = bias
+        self.register_buffer("logit_bias", logit_bias, persistent=False)
         for layer in (self.text_proj, self.motion_encoder, self.fusion):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -263,6 +268,13 @@ class MemoryTalker(nn.Module):
         nn.init.zeros_(self.output_proj.bias)
         self._frozen_stage: str | None = None
         self._frozen_backbone = False
+
+    def set_phoneme_logit_bias(self, bias: dict[str, float]) -> None:
+        """Replaces config.phoneme_logit_bias (checked like a loaded config) and what predict adds."""
+        self.config = self.config.replace(phoneme_logit_bias=dict(bias))
+        self.logit_bias.zero_()
+        for phoneme, value in bias.items():
+            self.logit_bias[self.config.vocabulary.index(phoneme)] = value
 
     @classmethod
     def from_pretrained_backbone(cls, config: MemoryTalkerConfig) -> "MemoryTalker":
@@ -344,6 +356,8 @@ class MemoryTalker(nn.Module):
         return self.memory.retrieve(self.memory.text_addressing(logits), self.memory_bank(style_weights))
 
     def predict(self, logits: torch.Tensor, mask: torch.Tensor, style_weights: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        if not self.training and self.config.phoneme_logit_bias:
+            logits = logits + self.logit_bias.to(logits.dtype)
         return self.decode(logits, self.retrieve(logits, style_weights), mask, offset)
 
     def style_weights_from_embedding(self, f_s: torch.Tensor, strength: float = 1.0) -> torch.Tensor | None:

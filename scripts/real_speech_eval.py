@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from lip_closure import closest_apertures  # noqa: E402
-from model_core.checkpoint import BUNDLED_MODEL, load_model  # noqa: E402
+from model_core.checkpoint import BUNDLED_MODEL, load_model, update_model_config  # noqa: E402
 from model_core.data import DatasetInfo, TalkingFaceDataset, spoken_phonemes  # noqa: E402
 from model_core.errors import DataError, MemoryTalkerError  # noqa: E402
 from model_core.evaluate import phoneme_recognition  # noqa: E402
@@ -60,6 +60,8 @@ SHORTEST_PAUSE = 0.2  # seconds
 PAUSE_EDGE = 0.1  # seconds left out next to speech
 GOALS = {"PER": ("<=", 0.35), "closure_rate": (">=", 0.8), "ratio": ("<", 0.3), "pause_aperture_mm": ("<", 1.5)}
 GOALS_LINE = "goals: PER <= 0.35, closure rate >= 0.8, ratio < 0.3, pauses < 1.5 mm"
+# A bias is chosen only if it shuts at most this share of the open vowels' centres (under 3 mm).
+MOST_OPEN_VOWELS_SHUT = 0.05
 STYLE_GOAL = 0.5  # correlation of the speakers' jaw amplitude with the model's mean chin drop
 
 
@@ -143,6 +145,8 @@ def figures(clips: list[ClipApertures]) -> dict[str, float | int | None]:
         "pause_aperture_mm": 1e3 * float(np.median(pauses)) if pauses else None,
         "bilabial_centre_mm": 1e3 * float(np.mean(bilabial)) if bilabial else None,
         "open_vowel_centre_mm": 1e3 * open_mean if open_vowel else None,
+        # The price of closing eagerly: open vowels whose centre is shut (under 3 mm).
+        "open_vowels_shut": float(np.mean(np.array(open_vowel) < CLOSED_MAX)) if open_vowel else None,
         "bilabials": sum(len(clip.bilabial_closest) for clip in clips),
         "bilabials_without_reference": sum(len(clip.bilabial_closest) for clip in clips if clip.closed() is None),
         "open_vowels": len(open_vowel),
@@ -239,6 +243,64 @@ def evaluate(model: MemoryTalker, data: Path, split: str = "test", style_strengt
     return report
 
 
+def bias_sweep(model: MemoryTalker, data: Path, split: str, candidates: list[float], style_strength: float = 1.0,
+               progress: bool = False) -> list[dict]:
+    """The figures over the split for each candidate phoneme_logit_bias on p, b and m (the backbone
+    runs once per clip), with the mean absolute error of the lip aperture against the ground truth."""
+    info = DatasetInfo.open(data)
+    upper, lower = lip_landmarks(data)
+    dataset = TalkingFaceDataset(info, split, model.config.sample_rate)
+    vocabulary = model.config.vocabulary or []
+    if not BILABIAL <= set(vocabulary):
+        raise DataError("the bilabial bias needs a model whose recogniser has the phonemes p, b and m "
+                        "(a backbone trained with `python -m model_core train --stage asr`)")
+    kept = dict(model.config.phoneme_logit_bias)
+    clips: dict[float, list[ClipApertures]] = {c: [] for c in candidates}
+    errors: dict[float, list[float]] = {c: [] for c in candidates}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in tqdm(range(len(dataset)), desc=f"bilabial bias {split}", disable=not progress, leave=False):
+                sample = dataset[i]
+                frames = len(sample["vertices"])
+                truth = lip_aperture(sample["vertices"].numpy().reshape(frames, -1, 3), upper, lower)
+                template = sample["template"].numpy().reshape(-1, 3)
+                logits, mask = model.audio_encoder([sample["audio"]], [frames])
+                style = None
+                if model.config.stylized and style_strength != 0.0:
+                    style = model.style_weights_from_embedding(model.style_encoder.embed([sample["audio"]]), style_strength)
+                for candidate in candidates:
+                    model.set_phoneme_logit_bias({**kept, **{p: candidate for p in sorted(BILABIAL)}})
+                    motion = template + model.predict(logits, mask, style)[0].numpy().reshape(frames, -1, 3)
+                    aperture = lip_aperture(motion, upper, lower)
+                    clips[candidate].append(clip_apertures(aperture, dataset.phoneme_segments(i), info.fps))
+                    errors[candidate].append(float(np.mean(np.abs(aperture - truth))))
+    finally:
+        model.set_phoneme_logit_bias(kept)
+    return [{"bilabial_bias": c, **figures(clips[c]), "aperture_error_mm": 1e3 * float(np.mean(errors[c]))}
+            for c in candidates]
+
+
+def choose_bias(rows: list[dict]) -> dict:
+    """The smallest bias that meets the closure goal while shutting at most MOST_OPEN_VOWELS_SHUT of
+    the open vowels; if none does, the one that closes most within that limit."""
+    allowed = [r for r in rows if (r["open_vowels_shut"] or 0.0) <= MOST_OPEN_VOWELS_SHUT and r["closure_rate"] is not None]
+    if not allowed:
+        return min(rows, key=lambda r: r["bilabial_bias"])
+    meeting = [r for r in allowed if meets("closure_rate", r["closure_rate"])]
+    if meeting:
+        return min(meeting, key=lambda r: r["bilabial_bias"])
+    return max(allowed, key=lambda r: r["closure_rate"])
+
+
+def format_sweep(rows: list[dict], chosen: dict) -> str:
+    lines = [f"  {'bias':>6}{'closure':>10}{'ratio':>8}{'pauses mm':>11}{'vowels shut':>13}{'aperture err mm':>17}"]
+    for r in rows:
+        lines.append(f"  {r['bilabial_bias']:>6.2f}{r['closure_rate']:>10.0%}{r['ratio']:>8.3f}{r['pause_aperture_mm']:>11.2f}"
+                     f"{r['open_vowels_shut']:>13.1%}{r['aperture_error_mm']:>17.2f}" + ("  <- chosen" if r is chosen else ""))
+    return "\n".join(lines)
+
+
 def meets(name: str, value: float) -> bool:
     comparison, goal = GOALS[name]
     return {"<=": value <= goal, ">=": value >= goal, "<": value < goal}[comparison]
@@ -281,7 +343,35 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--style-strength", type=float, default=1.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--bilabial-bias", metavar="B1,B2,...",
+                        help="instead of the report: the figures for each of these phoneme_logit_bias values on p, b "
+                             "and m, and the one chosen (the smallest meeting the closure goal while shutting at "
+                             f"most {MOST_OPEN_VOWELS_SHUT:.0%} of open vowels). Choose on held-out speakers (--split val)")
+    parser.add_argument("--write", action="store_true", help="with --bilabial-bias: store the chosen bias in the model folder")
     args = parser.parse_args()
+    if args.write and not args.bilabial_bias:
+        parser.error("--write needs --bilabial-bias")
+    if args.bilabial_bias:
+        try:
+            candidates = sorted({float(v) for v in args.bilabial_bias.split(",")})
+        except ValueError:
+            parser.error(f"--bilabial-bias takes numbers separated by commas, e.g. 0,1,1.5,2; got {args.bilabial_bias!r}")
+        try:
+            model = load_model(args.model)
+            rows = bias_sweep(model, args.data, args.split, candidates, args.style_strength, progress=True)
+        except MemoryTalkerError as error:
+            raise SystemExit(f"error: {error}")
+        chosen = choose_bias(rows)
+        print(f"{args.model} on the '{args.split}' split of {args.data}: p, b, m logit bias")
+        print(format_sweep(rows, chosen))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"sweep": rows, "chosen": chosen["bilabial_bias"]}, indent=1) + "\n")
+        if args.write:
+            bias = {**model.config.phoneme_logit_bias, **{p: chosen["bilabial_bias"] for p in sorted(BILABIAL)}}
+            update_model_config(args.model, phoneme_logit_bias=bias)
+            print(f"wrote phoneme_logit_bias {bias} into {args.model / 'config.json'}")
+        return
     try:
         report = evaluate(load_model(args.model), args.data, args.split, args.style_strength, progress=True)
     except MemoryTalkerError as error:

@@ -1,12 +1,14 @@
 import json
 import pickle
 import re
+import shutil
 
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
 
 from model_core import CheckpointError, MemoryTalker, import_official, load_model, save_model
+from model_core.checkpoint import BUNDLED_MODEL, update_model_config
 from model_core.cli import main
 
 
@@ -211,3 +213,38 @@ def test_import_official_refuses_a_backbone_json_that_is_no_config(tmp_path, cap
     assert main(["import-official", str(tmp_path / "stage1.pth"), "--out", str(tmp_path / "o"),
                  "--backbone", str(tmp_path / "backbone.json")]) == 2
     assert capsys.readouterr().err.startswith(f"error: --backbone {tmp_path / 'backbone.json'}: {problem}")
+
+
+def test_a_phoneme_logit_bias_shifts_inference_only_and_is_checked_when_stored(tmp_path):
+    model = load_model(BUNDLED_MODEL)
+    vocabulary = model.config.vocabulary
+    logits = torch.randn(1, 40, len(vocabulary), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, 40, dtype=torch.bool)
+    with torch.no_grad():
+        plain = model.predict(logits, mask)
+        model.set_phoneme_logit_bias({"p": 2.0, "m": 2.0})
+        shifted = model.predict(logits, mask)
+        by_hand = logits.clone()
+        by_hand[..., [vocabulary.index("p"), vocabulary.index("m")]] += 2.0
+        model.set_phoneme_logit_bias({})
+        assert torch.equal(shifted, model.predict(by_hand, mask)) and not torch.allclose(plain, shifted)
+        # Training reads the recogniser's own logits.
+        model.set_phoneme_logit_bias({"p": 2.0})
+        model.train()
+        torch.manual_seed(1)
+        biased_training = model.predict(logits, mask)
+        model.set_phoneme_logit_bias({})
+        torch.manual_seed(1)
+        assert torch.equal(biased_training, model.predict(logits, mask))
+
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    before = (folder / "config.json").read_text()
+    with pytest.raises(CheckpointError, match="phoneme_logit_bias names q, which the vocabulary lacks"):
+        update_model_config(folder, phoneme_logit_bias={"p": 1.0, "q": 1.0})
+    with pytest.raises(CheckpointError, match="phoneme_logit_bias must be a JSON object"):
+        update_model_config(folder, phoneme_logit_bias=[1.0])
+    assert (folder / "config.json").read_text() == before
+    update_model_config(folder, phoneme_logit_bias={"b": 1.5})
+    assert load_model(folder).config.phoneme_logit_bias == {"b": 1.5}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in BUNDLED_MODEL.iterdir())

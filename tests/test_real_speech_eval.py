@@ -130,3 +130,29 @@ def test_the_style_figure_correlates_drawn_jaw_amplitude_with_the_mean_chin_drop
     figures = real_speech_eval.style_correlation(tmp_path, ignores)
     assert figures["model"] == pytest.approx(-1.0) and figures["ground_truth"] == pytest.approx(1.0)
     assert real_speech_eval.style_correlation(tmp_path, {"a": follows["a"], "b": follows["b"]}) is None
+
+
+def test_a_bilabial_bias_closes_the_lips_more_and_is_chosen_and_stored(corpus, tmp_path, capsys, monkeypatch):
+    model = load_model(BUNDLED_MODEL)
+    none, moderate, extreme = real_speech_eval.bias_sweep(model, corpus, "test", [0.0, 1.5, 6.0])
+    # A push towards p, b and m closes more of them; pushed too far the mouth shuts on open vowels too.
+    assert moderate["closure_rate"] > none["closure_rate"] and moderate["open_vowels_shut"] == 0.0
+    assert extreme["open_vowels_shut"] > 0.3 and extreme["ratio"] > 2 * none["ratio"]
+    assert none["aperture_error_mm"] > 0 and model.config.phoneme_logit_bias == {}  # the sweep leaves the model as it was
+
+    allowed = dict(none, bilabial_bias=1.0, closure_rate=0.85, open_vowels_shut=0.02)
+    too_eager = dict(none, bilabial_bias=2.0, closure_rate=0.95, open_vowels_shut=0.2)
+    assert real_speech_eval.choose_bias([none | {"closure_rate": 0.3}, allowed, too_eager]) is allowed
+    short = dict(allowed, closure_rate=0.6)
+    assert real_speech_eval.choose_bias([none | {"closure_rate": 0.3}, short, too_eager]) is short
+
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    monkeypatch.setattr(sys, "argv", ["real_speech_eval.py", "--data", str(corpus), "--model", str(folder), "--split", "test",
+                                      "--bilabial-bias", "6,1.5", "--write"])
+    real_speech_eval.main()
+    assert "<- chosen" in capsys.readouterr().out
+    stored = load_model(folder)
+    assert stored.config.phoneme_logit_bias == {"p": 1.5, "b": 1.5, "m": 1.5}
+    assert (folder / "model.safetensors").read_bytes() == weights
