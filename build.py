@@ -6,6 +6,8 @@
 Each zip holds the add-on (`memorytalker_addon`, as the extension's root package), `model_core` as a
 sub-package with the bundled demo model, the manifest (platforms, wheels and Blender versions filled
 in) and the wheels of every dependency for that platform and Python, without what Blender ships.
+Python 3.11 zips also carry mediapipe and what its face mesh needs, for automatic landmarks
+(`--no-landmarks` leaves them out); mediapipe has no Python 3.13 build, so 3.13 zips never do.
 The same inputs give the same bytes (sorted entries, fixed timestamps).
 """
 from __future__ import annotations
@@ -58,6 +60,24 @@ BLENDER_SHIPS = {"numpy", "requests", "certifi", "idna", "urllib3", "charset-nor
 PLATFORM_EXTRAS = {"windows-x64": ["colorama"]}
 TORCH_REQUIREMENTS_OFF_LINUX = ["filelock", "typing-extensions>=4.10.0", "setuptools>=77.0.3", "sympy>=1.13.3",
                                 "networkx>=2.5.1", "jinja2", "fsspec>=0.8.5"]
+# Automatic landmarks (memorytalker_addon/landmarks.py: mediapipe's face mesh on a rendered picture, read
+# with cv2). mediapipe 0.10.21 has wheels for Python 3.11 and 3.12 only, so only 3.11 zips carry it; in
+# 3.13 zips (Blender 5.1+) landmarks are placed by hand. mediapipe's declared requirements (jax, jaxlib,
+# scipy, opencv-contrib-python, sounddevice, sentencepiece, ...: 245 MB of wheels for linux-x64, numpy
+# aside) serve its other solutions and tasks, not the face mesh, so mediapipe is fetched without them
+# (like torch off Linux) and LANDMARK_REQUIREMENTS, what importing it and running the face mesh fail
+# without, are fetched, with their own requirements, with the rest: about 100 MB a zip. Blender 4.2 ships
+# numpy 1.24.3 (4.5 and 5.0: 1.26.4) and numpy is never bundled, so every pick must work with numpy 1.24.
+MEDIAPIPE = "mediapipe==0.10.21"
+LANDMARK_REQUIREMENTS = [
+    "protobuf>=4.25.3,<5",  # graphs and results; mediapipe's native bindings fail to initialise without it
+    "attrs>=19.1.0",  # `import mediapipe` imports every solution, objectron's imports attr
+    # cv2: mediapipe.solutions imports it (drawing_utils), and landmarks.py reads the render with it. The
+    # headless build: no GUI libraries, smaller than the declared opencv-contrib-python; 4.12 needs numpy 2.
+    "opencv-python-headless<4.12",
+    "matplotlib<3.11",  # drawing_utils imports matplotlib.pyplot; 3.11 needs numpy>=1.25
+    "contourpy<1.3.3",  # matplotlib's (not imported on this path); 1.3.3 needs numpy>=1.25
+]
 EXCLUDED_PARTS = {"__pycache__", ".pytest_cache"}
 EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -80,6 +100,11 @@ class Target:
     def zip_name(self) -> str:
         return f"{self.platform}-py{self.python.replace('.', '')}"
 
+    @property
+    def has_landmark_build(self) -> bool:
+        """Whether mediapipe (automatic landmarks) exists for this Python."""
+        return self.python == "3.11"
+
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -97,9 +122,12 @@ def torch_requirement(variant: str, platform: str) -> list[str]:
     return [f"torch=={TORCH_VERSION}"]
 
 
-def download_wheels(target: Target, torch: str, wheelhouse: Path | None, cache: Path) -> list[Path]:
-    """The wheels of every run-time dependency for the target, without what Blender ships."""
-    folder = cache / f"{target.zip_name}-torch-{torch}"
+def download_wheels(target: Target, torch: str, wheelhouse: Path | None, cache: Path,
+                    landmarks: bool = True) -> list[Path]:
+    """The wheels of every run-time dependency for the target, without what Blender ships; with
+    `landmarks`, also mediapipe and what its face mesh needs where mediapipe exists (Python 3.11)."""
+    landmarks = landmarks and target.has_landmark_build
+    folder = cache / f"{target.zip_name}-torch-{torch}{'' if landmarks else '-no-landmarks'}"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -107,6 +135,8 @@ def download_wheels(target: Target, torch: str, wheelhouse: Path | None, cache: 
     separate_torch = bool(torch_pin) and not target.platform.startswith("linux")
     requirements = RUNTIME_REQUIREMENTS + PLATFORM_EXTRAS.get(target.platform, [])
     requirements += TORCH_REQUIREMENTS_OFF_LINUX if separate_torch else torch_pin
+    requirements += LANDMARK_REQUIREMENTS if landmarks else []
+    without_requirements = (torch_pin if separate_torch else []) + ([MEDIAPIPE] if landmarks else [])
     command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
                "--only-binary=:all:", "--python-version", target.python, "--implementation", "cp",
                "--abi", target.abi, "--dest", str(folder)]
@@ -120,7 +150,9 @@ def download_wheels(target: Target, torch: str, wheelhouse: Path | None, cache: 
             command.insert(command.index("download") + 1, "--isolated")
         if (torch, target.platform) in TORCH_INDEX:
             command += ["--extra-index-url", TORCH_INDEX[torch, target.platform]]
-    calls = [command + requirements] + ([command + ["--no-deps"] + torch_pin] if separate_torch else [])
+    calls = [command + requirements]
+    if without_requirements:
+        calls.append(command + ["--no-deps"] + without_requirements)
     for call in calls:
         done = subprocess.run(call, capture_output=True, text=True)
         if done.returncode != 0:
@@ -204,15 +236,17 @@ def summary(path: Path) -> str:
     return "\n".join(lines)
 
 
-def build(target: Target, torch: str, wheelhouse: Path | None, out: Path, cache: Path) -> Path:
+def build(target: Target, torch: str, wheelhouse: Path | None, out: Path, cache: Path, landmarks: bool = True) -> Path:
     version = tomllib.loads(MANIFEST.read_text())["version"]
-    wheels = download_wheels(target, torch, wheelhouse, cache)
+    wheels = download_wheels(target, torch, wheelhouse, cache, landmarks)
     entries: list[tuple[str, Path | bytes]] = [(p.relative_to(ADDON).as_posix(), p) for p in source_files(ADDON)]
     entries += [(("model_core" / p.relative_to(CORE)).as_posix(), p) for p in source_files(CORE)]
     entries += [(f"wheels/{w.name}", w) for w in wheels]
     entries.append(("blender_manifest.toml", manifest_text(target, wheels).encode()))
-    torch_tag = "" if torch == "cpu" else f"-torch-{torch}"
-    path = out / f"memorytalker-{version}-{target.zip_name}{torch_tag}.zip"
+    tags = "" if torch == "cpu" else f"-torch-{torch}"
+    # Only where it makes a difference: a 3.13 zip never has automatic landmarks.
+    tags += "" if landmarks or not target.has_landmark_build else "-no-landmarks"
+    path = out / f"memorytalker-{version}-{target.zip_name}{tags}.zip"
     write_zip(path, entries)
     check_zip(path)
     return path
@@ -231,6 +265,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cpu: bundle a CPU PyTorch (default); cuda: bundle a CUDA build, for self-hosting "
                              "(Linux, Windows); none: no PyTorch, the extension runs its worker in an external "
                              "Python set in its preferences")
+    parser.add_argument("--no-landmarks", dest="landmarks", action="store_false",
+                        help="leave mediapipe and what its face mesh needs out of the Python 3.11 zips (about "
+                             "100 MB a zip): landmarks are then placed by hand, as in the 3.13 zips, whose "
+                             "Python mediapipe does not support")
     parser.add_argument("--wheelhouse", type=Path,
                         help="build offline from this folder of wheels instead of the package index")
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output folder (default: dist/)")
@@ -248,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as cache:
             for platform in args.platform:
                 for python in args.python:
-                    built.append(build(Target(platform, python), args.torch, args.wheelhouse, args.out, Path(cache)))
+                    built.append(build(Target(platform, python), args.torch, args.wheelhouse, args.out, Path(cache),
+                                       args.landmarks))
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

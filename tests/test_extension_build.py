@@ -1,5 +1,6 @@
 """build.py: the extension zip is reproducible, passes Blender's checks, and installs, runs and
-uninstalls in real Blender (bpy 5.0.1) from a temporary user folder, offline."""
+uninstalls in real Blender (bpy 5.0.1) from a temporary user folder, offline; Python 3.11 zips carry
+mediapipe for automatic landmarks (without its declared requirements), Python 3.13 zips do not."""
 from __future__ import annotations
 
 import email.parser
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -38,6 +40,55 @@ def repack_installed(project: str, folder: Path) -> Path:
     return folder / name
 
 
+def fake_wheel(folder: Path, project: str, version: str, requires: Iterable[str] = ()) -> Path:
+    """A wheel with metadata only (any Python, any platform): enough for pip to resolve and download."""
+    info = f"{build.canonical(project).replace('-', '_')}-{version}.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
+                                 + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    path = folder / f"{info.removesuffix('.dist-info')}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(zipfile.ZipInfo(name, build.FIXED_TIME), text)
+    return path
+
+
+# What the package index offers for the automatic landmark path, as fake wheels: mediapipe with its
+# declared requirements (jax and the others build.py leaves out are not offered, so asking for them
+# fails), and, for the packages pinned because Blender 4.2 ships numpy 1.24 (and opencv 4.12 needs
+# numpy 2), newer releases that the pins must pass over.
+LANDMARK_INDEX = [
+    ("mediapipe", "0.10.21", ["absl-py", "attrs>=19.1.0", "flatbuffers>=2.0", "jax", "jaxlib", "matplotlib",
+                              "numpy<2", "opencv-contrib-python", "protobuf<5,>=4.25.3", "sounddevice>=0.4.4",
+                              "sentencepiece"]),
+    ("protobuf", "4.25.9", []), ("protobuf", "5.29.5", []),
+    ("attrs", "26.1.0", []),
+    ("opencv-python-headless", "4.11.0.86", ["numpy>=1.23.5"]),
+    ("opencv-python-headless", "4.12.0.88", ["numpy<2.3.0,>=2"]),
+    *[("matplotlib", version, ["contourpy>=1.0.1", "cycler>=0.10", "fonttools>=4.28.2", "kiwisolver>=1.3.1",
+                               f"numpy>={numpy}", "packaging>=20.0", "pillow>=9", "pyparsing>=3",
+                               "python-dateutil>=2.7"]) for version, numpy in (("3.10.9", "1.23"), ("3.11.2", "1.25"))],
+    ("contourpy", "1.3.2", ["numpy>=1.23"]), ("contourpy", "1.3.3", ["numpy>=1.25"]),
+    ("cycler", "0.12.1", []), ("fonttools", "4.68.0", []), ("kiwisolver", "1.5.1", []), ("pillow", "13.0.0", []),
+    ("pyparsing", "3.3.3", []), ("python-dateutil", "4.0.0", ["tzdata"]), ("tzdata", "2026.6", []),
+    ("numpy", "2.2.6", []),
+]
+# What the landmark path adds to a 3.11 zip (packaging is shared with transformers).
+LANDMARK_PROJECTS = {"mediapipe", "protobuf", "attrs", "opencv-python-headless", "matplotlib", "contourpy", "cycler",
+                     "fonttools", "kiwisolver", "pillow", "pyparsing", "python-dateutil", "tzdata"}
+MEDIAPIPE_LEFT_OUT = {"absl-py", "flatbuffers", "jax", "jaxlib", "opencv-contrib-python", "sounddevice",
+                      "sentencepiece"}
+
+
+def add_landmark_index(folder: Path) -> None:
+    """LANDMARK_INDEX's fake wheels, but for releases the folder already has a (real) wheel of."""
+    present = {p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in folder.glob("*.whl")}
+    for project, version, requires in LANDMARK_INDEX:
+        if f"{build.canonical(project).replace('-', '_')}-{version}" not in present:
+            fake_wheel(folder, project, version, requires)
+
+
 def installed_closure(requirements: list[str]) -> set[str]:
     """The installed distributions that `requirements` need on this machine."""
     seen: set[str] = set()
@@ -62,7 +113,38 @@ def wheelhouse(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheelhouse")
     for project in sorted(installed_closure(build.RUNTIME_REQUIREMENTS)):
         repack_installed(project, folder)
+    add_landmark_index(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def any_python_wheelhouse(tmp_path_factory) -> Path:
+    """Fake wheels (for every Python) of the installed run-time dependencies, with their requirements, and
+    the landmark path's index: enough to build a Python 3.13 zip offline here."""
+    folder = tmp_path_factory.mktemp("any_python_wheelhouse")
+    for project in sorted(installed_closure(build.RUNTIME_REQUIREMENTS)):
+        dist = distribution(project)
+        fake_wheel(folder, dist.metadata["Name"], dist.version, dist.requires or [])
+    add_landmark_index(folder)
+    return folder
+
+
+def zip_wheels(path: Path) -> tuple[set[str], list[str]]:
+    """The wheel files in a zip and the ones its manifest lists."""
+    with zipfile.ZipFile(path) as archive:
+        manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
+        return ({n.removeprefix("wheels/") for n in archive.namelist() if n.startswith("wheels/")},
+                [w.removeprefix("./wheels/") for w in manifest.get("wheels", [])])
+
+
+@pytest.fixture(scope="module")
+def built_per_python(any_python_wheelhouse, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("dist_per_python")
+    common = ["--platform", "linux-x64", "--torch", "none", "--wheelhouse", str(any_python_wheelhouse),
+              "--out", str(out)]
+    assert build.main(["--python", "3.11", "3.13", *common]) == 0
+    assert build.main(["--python", "3.11", "3.13", "--no-landmarks", *common]) == 0
+    return {p.name.removeprefix("memorytalker-0.1.0-linux-x64-").removesuffix(".zip"): p for p in out.glob("*.zip")}
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +256,31 @@ def test_it_installs_enables_generates_and_uninstalls_in_blender(built, tmp_path
     assert report["disabled"] and report["removed"] and report["wheels_left"] == []
 
 
+def test_a_python_311_zip_carries_mediapipe_without_its_declared_requirements(built_per_python):
+    wheels, listed = zip_wheels(built_per_python["py311-torch-none"])
+    projects = {build.wheel_project(Path(w)) for w in wheels}
+    assert LANDMARK_PROJECTS <= projects and sorted(wheels) == listed
+    # mediapipe's other requirements are not on the index here: asking for them would have failed.
+    assert not projects & MEDIAPIPE_LEFT_OUT and "numpy" not in projects
+    # The releases that work with Blender 4.2's numpy 1.24, not the newest.
+    assert {"opencv_python_headless-4.11.0.86-py3-none-any.whl", "matplotlib-3.10.9-py3-none-any.whl",
+            "contourpy-1.3.2-py3-none-any.whl", "protobuf-4.25.9-py3-none-any.whl"} <= wheels
+
+
+def test_a_python_313_zip_has_no_automatic_landmarks(built_per_python):
+    assert set(built_per_python) == {"py311-torch-none", "py311-torch-none-no-landmarks", "py313-torch-none"}
+    with_landmarks, _ = zip_wheels(built_per_python["py311-torch-none"])
+    wheels, listed = zip_wheels(built_per_python["py313-torch-none"])
+    assert not {build.wheel_project(Path(w)) for w in wheels} & LANDMARK_PROJECTS and sorted(wheels) == listed
+    assert {build.wheel_project(Path(w)) for w in with_landmarks - wheels} == LANDMARK_PROJECTS
+    assert wheels <= with_landmarks  # the same run-time wheels otherwise
+
+
+def test_no_landmarks_leaves_them_out_of_a_python_311_zip(built_per_python):
+    wheels, listed = zip_wheels(built_per_python["py311-torch-none-no-landmarks"])
+    assert wheels == zip_wheels(built_per_python["py313-torch-none"])[0] and sorted(wheels) == listed
+
+
 def test_bad_options_get_clear_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         build.parse_args(["--platform", "amiga"])
@@ -189,5 +296,6 @@ def test_help_explains_every_option():
     done = subprocess.run([sys.executable, str(ROOT / "build.py"), "--help"], capture_output=True, text=True)
     text = " ".join(done.stdout.split())
     assert done.returncode == 0
-    for option in ("--platform", "--python", "--torch", "--wheelhouse", "--out", "Install from Disk", "external Python"):
+    for option in ("--platform", "--python", "--torch", "--no-landmarks", "--wheelhouse", "--out", "Install from Disk",
+                   "external Python", "placed by hand"):
         assert option in text
