@@ -98,26 +98,33 @@ class Session:
                   "status": f"Animating: {done} of {total} frames"})
         motion = np.concatenate(parts)
         if binding is not None:
-            displacements = binding.transfer(motion)
+            carry, gain = binding.transfer, binding.error_gain()
         else:
-            displacements = to_mesh_frame(motion, mesh_alignment(template, mesh))
+            alignment = mesh_alignment(template, mesh)
+            carry, gain = (lambda d: to_mesh_frame(d, alignment)), float(np.linalg.norm(alignment, 2))
         result: dict[str, Any] = {"frames": int(total), "duration_s": waveform.duration, "silent": waveform.silent}
         mode = request["mode"]
+        if mode not in ("shapekeys", "exact", "pc2"):
+            raise MemoryTalkerError(f"unknown output mode {mode!r}")
         if mode == "shapekeys":
             emit({"event": "progress", "fraction": 0.87, "status": "Fitting editable shape keys"})
-            basis = shape_basis(displacements, request.get("tolerance", 1e-4))
-            np.save(job / "shapes.npy", basis.shapes)
+            # Carrying is linear, so keys fitted on the model's own head and then carried give the
+            # carried motion, within the gain: the fit sees the model's few vertices instead of a
+            # dense target's, and only the keys are carried, not every frame.
+            tolerance = request.get("tolerance", 1e-4)
+            basis = shape_basis(motion, tolerance / gain if gain > 0 else tolerance)
+            np.save(job / "shapes.npy", carry(basis.shapes))
             np.save(job / "weights.npy", basis.weights)
-            result.update(keys=int(len(basis.shapes)), max_error=basis.max_error)
-        elif mode == "exact":
+            result.update(keys=int(len(basis.shapes)), max_error=gain * basis.max_error)
+            return result
+        displacements = carry(motion)
+        if mode == "exact":
             np.save(job / "displacements.npy", displacements)
             result.update(keys=int(total), max_error=0.0)
-        elif mode == "pc2":
+        else:
             with MotionWriter(request["pc2_path"], total, len(mesh), request["fps"], mesh) as writer:
                 writer.write(displacements)
             result.update(keys=0, max_error=0.0)
-        else:
-            raise MemoryTalkerError(f"unknown output mode {mode!r}")
         return result
 
 

@@ -53,6 +53,8 @@ def mesh_alignment(template: np.ndarray, mesh: np.ndarray) -> np.ndarray:
 
 
 def to_mesh_frame(displacements: np.ndarray, alignment: np.ndarray) -> np.ndarray:
+    """Displacements turned and scaled by `alignment`; a per-vertex error grows by at most its
+    largest singular value (the scale)."""
     if np.array_equal(alignment, np.eye(3, dtype=alignment.dtype)):
         return np.asarray(displacements, np.float32)
     return (np.asarray(displacements, np.float32) @ alignment.T).astype(np.float32)

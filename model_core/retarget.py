@@ -101,6 +101,15 @@ class Binding:
     def target_vertex_count(self) -> int:
         return len(self.triangles)
 
+    def error_gain(self) -> float:
+        """How much a per-vertex error in source displacements can grow on the way to the target:
+        the scale times the largest sum of |weights| of a moving vertex (1 inside a triangle). Motion
+        encoded within e on the source head is, once transferred, within error_gain() * e."""
+        moving = ~self.still
+        if not moving.any():
+            return 0.0
+        return float(self.scale * np.abs(self.barycentric[moving]).sum(1).max())
+
     def _matrix(self) -> torch.Tensor:
         """The (Vt, Vs) sparse matrix of barycentric weights, zero rows for still vertices."""
         if self._weights is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 bpy = pytest.importorskip("bpy")
 
@@ -19,7 +20,8 @@ from tests.blender_fixtures import (  # noqa: E402
 from memorytalker_addon import compat  # noqa: E402
 from model_core import Animator, load_model  # noqa: E402
 from model_core.motion_io import read_pc2  # noqa: E402
-from tests.conftest import speech_like  # noqa: E402
+from model_core.checkpoint import save_model  # noqa: E402
+from tests.conftest import speech_like, tiny_model  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -78,6 +80,31 @@ def test_generate_creates_a_take_that_reproduces_the_model(scene, model_dir, spe
     assert (scene.frame_start, scene.frame_end) == (1, 5 + 36 - 1)
     assert max_vertex_error(obj, motion, 5) <= TOLERANCE * 1.01
     assert np.allclose(evaluated_positions(obj, 4), head_vertices())  # neutral before the clip
+
+
+def test_a_take_on_a_head_in_centimetres_and_z_up_reproduces_the_model_within_the_tolerance(scene, speech, tmp_path):
+    """The keys are fitted on the model's head and carried (x 100, turned): the take still keeps to
+    the tolerance in the mesh's own units."""
+    model = tiny_model(seed=3, num_vertices=FLAME_VERTICES)
+    model.template.copy_(torch.from_numpy(head_vertices()))  # the head the model learned on, in metres, y up
+    with torch.no_grad():  # motion of a face's size (millimetres, not the random model's metre)
+        model.output_proj.weight.mul_(0.01)
+        model.output_proj.bias.mul_(0.01)
+    model_dir = save_model(model, tmp_path / "model")
+    y_up_to_z_up = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32)
+    rest = 100 * head_vertices() @ y_up_to_z_up.T
+    mesh = bpy.data.meshes.new("Head in cm")
+    mesh.from_pydata(rest.tolist(), [], [])
+    obj = bpy.data.objects.new("Head in cm", mesh)
+    scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    # 1 mm, read as 0.001 mesh units (0.01 mm on a head in centimetres): a tolerance that the fit,
+    # done in the model's metres, must divide by 100 to keep.
+    assert generate(model_dir, speech, start_frame=1, tolerance_mm=1.0) == {'FINISHED'}
+    motion = 100 * model_motion(model_dir, speech, 24) @ y_up_to_z_up.T
+    error = max(float(np.linalg.norm(evaluated_positions(obj, 1 + f) - rest - motion[f], axis=1).max())
+                for f in range(len(motion)))
+    assert error <= 1e-3 * 1.01
 
 
 @pytest.mark.parametrize("fps,fps_base", [(25, 1.0), (30000, 1001.0), (60, 1.0)])

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from model_core.checkpoint import BUNDLED_MODEL
+from model_core.encoding import shape_basis
 from model_core.cli import main
 from model_core.motion_io import write_motion
 from model_core.retarget import (LANDMARK_NAMES, REQUIRED_LANDMARKS, Binding, RetargetError, fit_binding,
@@ -212,6 +213,21 @@ def test_the_carried_motion_is_the_heads_own_motion_on_the_lips(name):
         f"{name}: RMS {np.sqrt((errors ** 2).mean()):.3f} mm, max {errors.max():.3f} mm"
     assert_the_lips_close(name, motion)
     assert np.abs(apertures(name, motion) - apertures(name, own_motion(name))).max() < MAX_LIMIT
+
+
+@pytest.mark.parametrize("name", ["coarser grid", "identity, Z-up, cm, with parts"])
+def test_keys_fitted_on_the_models_head_and_carried_stay_within_the_tolerance_times_the_gain(name):
+    """What the worker does for editable shape keys: fit on the model's head, carry only the keys."""
+    fitted = binding(name)
+    # The rig's motion has few degrees of freedom; noise makes the fit leave an error to carry.
+    motion = SOURCE_MOTION + np.random.default_rng(0).normal(0, 3e-6, SOURCE_MOTION.shape).astype(np.float32)
+    basis = shape_basis(motion, 1e-5)  # metres on the model's head
+    assert 5e-6 < basis.max_error <= 1e-5
+    carried_keys = np.einsum("fk,kvc->fvc", basis.weights, fitted.transfer(basis.shapes))
+    error = np.linalg.norm(carried_keys - fitted.transfer(motion), axis=2).max()
+    float32_rounding = 1e-7 * fitted.scale
+    assert 0 < error <= fitted.error_gain() * basis.max_error + float32_rounding
+    assert fitted.error_gain() == pytest.approx(fitted.scale, rel=1e-3)  # barycentric weights inside triangles
 
 
 def test_the_similarity_takes_units_and_orientation_from_the_landmarks():
