@@ -25,6 +25,7 @@ def register() -> None:
 
 def unregister() -> None:
     global _cli_handle
+    ui.cancel_warm_up()
     stop_shared_worker()
     if _cli_handle is not None:
         bpy.utils.unregister_cli_command(_cli_handle)

@@ -188,6 +188,28 @@ def _worker(context):
     return shared_worker(bpy.path.abspath(prefs.python_path) if prefs and prefs.python_path else None)
 
 
+def warm_up(context) -> None:
+    """Starts the worker and has it load the panel's model before the first click: importing torch
+    and loading a model take seconds, the panel is on screen long before the click. Not during a
+    generation, and only once for the same interpreter, model and device."""
+    if context.window_manager.memorytalker_running:
+        return
+    options = context.scene.memorytalker
+    try:
+        folder = models.resolve_model_folder(options.model_source, bpy.path.abspath(options.model_folder))
+    except models.ModelFolderError:
+        return
+    if not (folder / "config.json").is_file():
+        return
+    try:
+        worker = _worker(context)
+        wanted = (str(folder), options.device.lower())
+        if not (worker.alive and worker.warmed == wanted):
+            worker.warm(*wanted)
+    except WorkerError:
+        pass  # a wrong interpreter setting: the click reports it
+
+
 class MEMORYTALKER_OT_generate(settings.GenerateOptions, bpy.types.Operator):
     """Animate the head from the audio: runs the model and writes the result as a new take"""
 

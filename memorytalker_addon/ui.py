@@ -3,7 +3,25 @@ from __future__ import annotations
 
 import bpy
 
-from . import compat, landmarks, takes
+from . import compat, landmarks, operators, takes
+
+
+def _warm_up_now():
+    operators.warm_up(bpy.context)
+    return None  # run once
+
+
+def schedule_warm_up() -> None:
+    """The worker starts when the panel is drawn, outside the drawing (a timer), and only if no warm-up
+    is queued already; operators.warm_up returns at once when the worker is warm. Never in
+    background mode, where a batch pays only for what it uses."""
+    if not bpy.app.background and not bpy.app.timers.is_registered(_warm_up_now):
+        bpy.app.timers.register(_warm_up_now, first_interval=0.0)
+
+
+def cancel_warm_up() -> None:
+    if bpy.app.timers.is_registered(_warm_up_now):
+        bpy.app.timers.unregister(_warm_up_now)
 
 
 class MEMORYTALKER_PT_panel(bpy.types.Panel):
@@ -17,6 +35,7 @@ class MEMORYTALKER_PT_panel(bpy.types.Panel):
         layout = self.layout
         options = context.scene.memorytalker
         wm = context.window_manager
+        schedule_warm_up()
 
         box = layout.box()
         box.prop(options, "audio_source", expand=True)

@@ -53,6 +53,7 @@ class Worker:
         self.log_path: Path | None = None
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.process: subprocess.Popen | None = None
+        self.warmed: tuple[str, str] | None = None  # (model, device) the running worker was asked to load
 
     @property
     def alive(self) -> bool:
@@ -96,6 +97,8 @@ class Worker:
     def submit(self, request: dict[str, Any]) -> None:
         if not self.alive:
             self.start()
+        if "model" in request:  # the worker keeps the last model it loaded
+            self.warmed = (request["model"], request.get("device", "auto"))
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
@@ -103,6 +106,11 @@ class Worker:
             # The worker has already ended (an interpreter that exits at once): its reader reports the
             # exit, with the log, as the answer to this request.
             pass
+
+    def warm(self, model: str, device: str) -> None:
+        """Starts the worker if needed and has it load `model` now, so that the first job finds it
+        ready. Nothing comes back; a job sent meanwhile is answered once the loading is done."""
+        self.submit({"op": "warm", "model": model, "device": device})
 
     def poll(self) -> list[dict[str, Any]]:
         """Events that arrived since the last call (never blocks). A worker that died mid-job shows up
@@ -151,7 +159,7 @@ class Worker:
     def stop(self) -> None:
         """Ends the worker at once (cancel, unregister, a different interpreter, Blender quitting) and
         removes its log."""
-        process, self.process = self.process, None
+        process, self.process, self.warmed = self.process, None, None
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()

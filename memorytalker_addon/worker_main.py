@@ -36,6 +36,15 @@ class Session:
             self.model_key = key
         return self.animator
 
+    def warm(self, request: dict[str, Any]) -> None:
+        """Imports torch and loads the model ahead of the first request, answering nothing: a job sent
+        meanwhile waits its turn and finds the model ready. A model that cannot be loaded now is
+        reported by the job that asks for it."""
+        try:
+            self.animator_for(request["model"], request.get("device", "auto"), lambda event: None)
+        except Exception:  # noqa: BLE001 (any failure: the job will meet it again and report it)
+            traceback.print_exc()
+
     @staticmethod
     def binding_for(template, mesh, faces, retarget: dict[str, Any], emit: Emit):
         """The binding that carries the model's motion (on its template) onto `mesh`, fitted from the
@@ -141,6 +150,9 @@ def serve(requests, protocol) -> None:
         request = json.loads(line)
         if request.get("op") == "quit":
             break
+        if request.get("op") == "warm":
+            session.warm(request)
+            continue
         try:
             from model_core.errors import MemoryTalkerError
 

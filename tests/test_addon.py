@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -392,3 +393,48 @@ def test_the_bundled_model_animates_the_demo_head_it_adds(scene, speech):
     assert bpy.ops.memorytalker.generate('EXEC_DEFAULT', audio_path=str(speech), device='CPU') == {'FINISHED'}
     names = [key.name for key in head.data.shape_keys.key_blocks]
     assert names[0] == "Basis" and len(names) > 1
+
+
+def warm_scene_settings(scene, model_dir) -> None:
+    options = scene.memorytalker
+    options.model_source, options.model_folder, options.device = 'FOLDER', str(model_dir), 'CPU'
+
+
+def test_a_worker_warmed_up_before_the_first_click_serves_it_and_leaves_nothing_behind(scene, model_dir, speech):
+    from memorytalker_addon import operators, worker_client
+
+    worker_client.stop_shared_worker()
+    warm_scene_settings(scene, model_dir)
+    obj = bpy.data.objects["Head"]
+    before = scene_snapshot(scene, obj)
+    operators.warm_up(bpy.context)
+    worker = worker_client.shared_worker(None)
+    assert worker.alive and worker.warmed == (str(model_dir), "cpu")
+    process, log = worker.process, worker.log_path
+    operators.warm_up(bpy.context)  # drawn again: the same worker, no second request
+    assert worker.process is process and scene_snapshot(scene, obj) == before
+
+    # The first click is served by the warmed worker, and its take is the model's motion.
+    assert generate(model_dir, speech) == {'FINISHED'}
+    assert worker.process is process
+    assert max_vertex_error(obj, model_motion(model_dir, speech, 24), 1) <= TOLERANCE * 1.01
+
+    # Warmed and never used: ended with Blender (unregister and exit run this), its log removed.
+    operators.warm_up(bpy.context)
+    worker_client.stop_shared_worker()
+    assert process.poll() is not None and not log.exists()
+
+
+def test_a_model_that_fails_to_warm_up_is_reported_by_the_click(scene, model_dir, speech, tmp_path):
+    from memorytalker_addon import operators, worker_client
+
+    worker_client.stop_shared_worker()
+    broken = tmp_path / "broken model"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    warm_scene_settings(scene, broken)
+    operators.warm_up(bpy.context)
+    with pytest.raises(RuntimeError, match="unreadable weights"):
+        generate(broken, speech)
+    assert generate(model_dir, speech) == {'FINISHED'}  # the same worker goes on
+    worker_client.stop_shared_worker()
