@@ -22,8 +22,11 @@ class Session:
     """The worker's state: the model last used, kept loaded for the next request."""
 
     def __init__(self) -> None:
+        from model_core.cpu_share import CpuShare
+
         self.model_key: tuple[str, str] | None = None
         self.animator = None
+        self.cpu_share = CpuShare()  # Blender and whatever else runs beside it share the CPUs
 
     def animator_for(self, folder: str, device: str, emit: Emit):
         from model_core import Animator
@@ -83,8 +86,11 @@ class Session:
         from model_core.errors import MemoryTalkerError
         from model_core.motion_io import MotionWriter
 
+        import torch
+
         job = Path(request["job_dir"])
         animator = self.animator_for(request["model"], request.get("device", "auto"), emit)
+        torch.set_num_threads(self.cpu_share.threads())
         mesh = np.load(job / "mesh.npy")
         expected = animator.model.config.num_vertices
         template = animator.model.template.cpu().numpy()
