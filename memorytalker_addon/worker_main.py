@@ -166,6 +166,8 @@ def serve(requests, protocol) -> None:
                 emit({"event": "done", **session.generate(request, emit)})
             except MemoryTalkerError as error:
                 emit({"event": "error", "message": str(error)})
+            finally:
+                session.cpu_share.job_done()
         except Exception as error:  # an unexpected failure is reported, the worker stays usable
             traceback.print_exc()
             emit({"event": "error", "message": f"{type(error).__name__}: {error}"})

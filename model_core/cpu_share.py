@@ -4,7 +4,7 @@ PyTorch's CPU kernels split each operation over all its threads and wait for the
 another process keeps one of two cores busy, two threads take 4-10 times as long as one (measured:
 the model on 60 s of audio, 0.7 s idle, 5.5 and 8.6 s beside a busy core, 1.2-1.4 s every time with
 one thread). So before each job the threads are set to the CPUs this process may use less those
-that other processes kept busy since the previous look.
+that other processes kept busy while the previous job ran.
 """
 from __future__ import annotations
 
@@ -43,22 +43,36 @@ def allowed_cpus() -> int:
 
 
 class CpuShare:
+    """Call threads() as a job starts and job_done() as it ends: the next job's threads follow what
+    other processes used while this one ran (when they compete), not what they did between jobs (a
+    take written into the scene, while the worker waited)."""
+
     def __init__(self) -> None:
         self._last = _sample()
+        self._others_during_last_job: float | None = None
+
+    def _others_since_last_look(self) -> float | None:
+        """The CPUs' worth of time other processes used since the last look (None if unknown)."""
+        now, last = _sample(), self._last
+        self._last = now
+        if now is None or last is None or now.wall - last.wall < 0.05:
+            return None
+        ticks_per_second = os.sysconf("SC_CLK_TCK")
+        return max(0.0, ((now.busy - last.busy) - (now.own - last.own)) / ticks_per_second / (now.wall - last.wall))
 
     def threads(self) -> int:
-        """Threads for the next job: MEMORYTALKER_THREADS if set, else the allowed CPUs less the
-        CPUs' worth of time other processes used since the last call (at least one)."""
+        """Threads for the next job: MEMORYTALKER_THREADS if set, else the allowed CPUs less those
+        other processes kept busy during the last job (before the first: since the worker started),
+        at least one."""
         explicit = os.environ.get(THREADS_VARIABLE, "").strip()
         if explicit:
             if not explicit.isdigit() or int(explicit) < 1:
                 raise ValueError(f"{THREADS_VARIABLE} must be a whole number of threads, 1 or more; got {explicit!r}")
             return int(explicit)
+        since_last_look = self._others_since_last_look()
+        others = self._others_during_last_job if self._others_during_last_job is not None else since_last_look
         allowed = allowed_cpus()
-        now, last = _sample(), self._last
-        self._last = now
-        if now is None or last is None or now.wall - last.wall < 0.05:
-            return allowed
-        ticks_per_second = os.sysconf("SC_CLK_TCK")
-        others = ((now.busy - last.busy) - (now.own - last.own)) / ticks_per_second / (now.wall - last.wall)
-        return max(1, min(allowed, allowed - round(max(others, 0.0))))
+        return allowed if others is None else max(1, min(allowed, allowed - round(others)))
+
+    def job_done(self) -> None:
+        self._others_during_last_job = self._others_since_last_look()

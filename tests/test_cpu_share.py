@@ -38,6 +38,22 @@ def test_the_jobs_own_work_does_not_count_against_it(monkeypatch, others_busy, o
     assert CpuShare().threads() == threads
 
 
+def test_the_next_job_follows_what_competed_with_the_last_one(monkeypatch):
+    """Two CPUs busy elsewhere during a job, then a take written between jobs (Blender, while the
+    worker waits): the next job makes room for the competition, not for the take."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    samples = iter([cpu_share._Sample(0.0, 0, 0),  # the worker starts
+                    cpu_share._Sample(1.0, 0, 0),  # job 1 starts: nothing ran
+                    cpu_share._Sample(2.0, 3 * ticks, 1 * ticks),  # job 1 ends: 2 CPUs busy elsewhere
+                    cpu_share._Sample(2.5, 3 * ticks + ticks // 2, 1 * ticks)])  # job 2 starts
+    monkeypatch.setattr(cpu_share, "_sample", lambda: next(samples))
+    monkeypatch.setattr(cpu_share, "allowed_cpus", lambda: 4)
+    share = CpuShare()
+    assert share.threads() == 4
+    share.job_done()
+    assert share.threads() == 2
+
+
 def test_a_fixed_thread_count_wins_and_a_wrong_one_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(THREADS_VARIABLE, "3")
     assert CpuShare().threads() == 3
