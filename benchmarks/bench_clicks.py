@@ -68,24 +68,7 @@ def peak_memory_mb(pid: int) -> float:
     return float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warm-wait", type=float, default=15.0)
-    parser.add_argument("--memory-minutes", default="1,5", help="line lengths for the memory figures")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    memorytalker_addon.register()
-    folder = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
-    lines = {}
-    for seconds in (10, 60):
-        lines[seconds] = folder / f"line_{seconds}s.wav"
-        sf.write(lines[seconds], speech_like(seconds, 44100, seed=seconds)[0], 44100)
-    new_scene()
-    threads = os.environ.get(THREADS_VARIABLE) or "fitted to the idle CPUs before each job"
-    results: dict = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                     "blender": bpy.app.version_string, "worker_threads": threads, "first_click_s": {}}
-
+def click_times(results: dict, lines: dict[int, Path], args) -> None:
     worker_client.stop_shared_worker()
     results["first_click_s"]["cold"] = click(lines[10])
     worker_client.stop_shared_worker()
@@ -109,15 +92,42 @@ def main() -> None:
                 hogging.kill()
                 hogging.wait()
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warm-wait", type=float, default=15.0)
+    parser.add_argument("--memory-minutes", default="1,5,20", help="line lengths for the memory figures")
+    parser.add_argument("--memory-modes", default="SHAPEKEYS,PC2", help="output modes for the memory figures")
+    parser.add_argument("--no-clicks", action="store_true", help="only the memory figures")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    memorytalker_addon.register()
+    folder = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
+    lines = {}
+    for seconds in (10, 60):
+        lines[seconds] = folder / f"line_{seconds}s.wav"
+        sf.write(lines[seconds], speech_like(seconds, 44100, seed=seconds)[0], 44100)
+    new_scene()
+    threads = os.environ.get(THREADS_VARIABLE) or "fitted to the idle CPUs before each job"
+    results: dict = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                     "blender": bpy.app.version_string, "worker_threads": threads, "first_click_s": {}}
+
+    if not args.no_clicks:
+        click_times(results, lines, args)
+
     results["worker_peak_mb"] = {}
-    for minutes in (float(m) for m in args.memory_minutes.split(",")):
-        worker_client.stop_shared_worker()
-        audio = folder / f"line_{minutes:g}min.wav"
-        sf.write(audio, speech_like(60 * minutes, 16000, seed=7)[0], 16000)
-        seconds = click(audio)
-        peak = peak_memory_mb(worker_client.shared_worker(None).process.pid)
-        results["worker_peak_mb"][f"{minutes:g} min"] = peak
-        print(f"{minutes:g} min line: {seconds:.1f} s, worker peak {peak:.0f} MB", flush=True)
+    for mode in args.memory_modes.split(","):
+        bpy.context.scene.memorytalker.mode = mode
+        for minutes in (float(m) for m in args.memory_minutes.split(",")):
+            worker_client.stop_shared_worker()
+            audio = folder / f"line_{minutes:g}min.wav"
+            if not audio.exists():
+                sf.write(audio, speech_like(60 * minutes, 16000, seed=7)[0], 16000)
+            seconds = click(audio)
+            peak = peak_memory_mb(worker_client.shared_worker(None).process.pid)
+            results["worker_peak_mb"][f"{mode.lower()}, {minutes:g} min"] = peak
+            print(f"{mode.lower()}, {minutes:g} min line: {seconds:.1f} s, worker peak {peak:.0f} MB", flush=True)
     worker_client.stop_shared_worker()
     memorytalker_addon.unregister()
     args.out.mkdir(parents=True, exist_ok=True)

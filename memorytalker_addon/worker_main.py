@@ -105,23 +105,20 @@ class Session:
         reference = animator.load(request["style_audio"]) if request.get("style_audio") else None
         emit({"event": "progress", "fraction": 0.05, "status": "Estimating the speaking style"})
         total, blocks = animator.stream(waveform, request["fps"], request.get("style_strength", 1.0), reference)
-        parts, done = [], 0
-        for block in blocks:
-            parts.append(block)
-            done += len(block)
-            emit({"event": "progress", "fraction": 0.05 + 0.8 * done / total,
-                  "status": f"Animating: {done} of {total} frames"})
-        motion = np.concatenate(parts)
+        mode = request["mode"]
+        if mode not in ("shapekeys", "exact", "pc2"):
+            raise MemoryTalkerError(f"unknown output mode {mode!r}")
         if binding is not None:
             carry, gain = binding.transfer, binding.error_gain()
         else:
             alignment = mesh_alignment(template, mesh)
             carry, gain = (lambda d: to_mesh_frame(d, alignment)), float(np.linalg.norm(alignment, 2))
         result: dict[str, Any] = {"frames": int(total), "duration_s": waveform.duration, "silent": waveform.silent}
-        mode = request["mode"]
-        if mode not in ("shapekeys", "exact", "pc2"):
-            raise MemoryTalkerError(f"unknown output mode {mode!r}")
         if mode == "shapekeys":
+            # The fit reads every frame: the model's motion, filled block by block into one array.
+            motion = np.empty((total, expected, 3), np.float32)
+            for start, block in self._animated(blocks, total, emit):
+                motion[start:start + len(block)] = block
             emit({"event": "progress", "fraction": 0.87, "status": "Fitting editable shape keys"})
             # Carrying is linear, so keys fitted on the model's own head and then carried give the
             # carried motion, within the gain: the fit sees the model's few vertices instead of a
@@ -131,16 +128,31 @@ class Session:
             np.save(job / "shapes.npy", carry(basis.shapes))
             np.save(job / "weights.npy", basis.weights)
             result.update(keys=int(len(basis.shapes)), max_error=gain * basis.max_error)
-            return result
-        displacements = carry(motion)
-        if mode == "exact":
-            np.save(job / "displacements.npy", displacements)
+        elif mode == "exact":
+            # Each block carried and written as it comes: memory holds a block, not the line.
+            frames = np.lib.format.open_memmap(job / "displacements.npy", mode="w+", dtype=np.float32,
+                                               shape=(total, len(mesh), 3))
+            for start, block in self._animated(blocks, total, emit):
+                frames[start:start + len(block)] = carry(block)
+            frames.flush()
+            del frames
             result.update(keys=int(total), max_error=0.0)
         else:
             with MotionWriter(request["pc2_path"], total, len(mesh), request["fps"], mesh) as writer:
-                writer.write(displacements)
+                for _, block in self._animated(blocks, total, emit):
+                    writer.write(carry(block))
             result.update(keys=0, max_error=0.0)
         return result
+
+    @staticmethod
+    def _animated(blocks, total: int, emit: Emit):
+        """(first frame, block) for each block of motion as the model gives it, with progress."""
+        done = 0
+        for block in blocks:
+            yield done, block
+            done += len(block)
+            emit({"event": "progress", "fraction": 0.05 + 0.8 * done / total,
+                  "status": f"Animating: {done} of {total} frames"})
 
 
 def serve(requests, protocol) -> None:
