@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 Emit = Callable[[dict[str, Any]], None]
+# Motion up to this size stays in memory for the key fit; longer lines go to a file (about 3.5
+# minutes of the demo model at 24 fps).
+MOTION_IN_MEMORY_BYTES = 2 ** 28
 
 
 class Session:
@@ -82,7 +85,7 @@ class Session:
     def generate(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
         import numpy as np
 
-        from model_core.encoding import mesh_alignment, shape_basis, to_mesh_frame
+        from model_core.encoding import mesh_alignment, streamed_shape_basis, to_mesh_frame
         from model_core.errors import MemoryTalkerError
         from model_core.motion_io import MotionWriter
 
@@ -115,16 +118,13 @@ class Session:
             carry, gain = (lambda d: to_mesh_frame(d, alignment)), float(np.linalg.norm(alignment, 2))
         result: dict[str, Any] = {"frames": int(total), "duration_s": waveform.duration, "silent": waveform.silent}
         if mode == "shapekeys":
-            # The fit reads every frame: the model's motion, filled block by block into one array.
-            motion = np.empty((total, expected, 3), np.float32)
-            for start, block in self._animated(blocks, total, emit):
-                motion[start:start + len(block)] = block
+            read = self._kept_motion(self._animated(blocks, total, emit), total, expected, job)
             emit({"event": "progress", "fraction": 0.87, "status": "Fitting editable shape keys"})
             # Carrying is linear, so keys fitted on the model's own head and then carried give the
             # carried motion, within the gain: the fit sees the model's few vertices instead of a
             # dense target's, and only the keys are carried, not every frame.
             tolerance = request.get("tolerance", 1e-4)
-            basis = shape_basis(motion, tolerance / gain if gain > 0 else tolerance)
+            basis = streamed_shape_basis(read, total, expected, tolerance / gain if gain > 0 else tolerance)
             np.save(job / "shapes.npy", carry(basis.shapes))
             np.save(job / "weights.npy", basis.weights)
             result.update(keys=int(len(basis.shapes)), max_error=gain * basis.max_error)
@@ -143,6 +143,27 @@ class Session:
                     writer.write(carry(block))
             result.update(keys=0, max_error=0.0)
         return result
+
+    @staticmethod
+    def _kept_motion(animated, total: int, vertices: int, job: Path):
+        """Keeps the model's motion for the key fit, which reads it a window at a time: in memory up to
+        MOTION_IN_MEMORY_BYTES (a few minutes: the fit's passes are fastest there), beyond that in a
+        file in the job folder, so a line of any length needs the memory of a window. Returns
+        read(start, stop) -> (stop - start, vertices, 3)."""
+        import numpy as np
+
+        values = 3 * vertices
+        if 4 * total * values <= MOTION_IN_MEMORY_BYTES:
+            motion = np.empty((total, vertices, 3), np.float32)
+            for start, block in animated:
+                motion[start:start + len(block)] = block
+            return lambda start, stop: motion[start:stop]
+        path = job / "motion.f32"
+        with open(path, "wb") as out:
+            for _, block in animated:
+                out.write(np.ascontiguousarray(block, np.float32).tobytes())
+        return lambda start, stop: np.fromfile(path, np.float32, count=(stop - start) * values,
+                                               offset=4 * start * values).reshape(-1, vertices, 3)
 
     @staticmethod
     def _animated(blocks, total: int, emit: Emit):

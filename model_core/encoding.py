@@ -9,12 +9,14 @@ whatever the spectrum.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 DEFAULT_TOLERANCE = 1e-4  # 0.1 mm in FLAME's metre units
+WINDOW_BYTES = 2 ** 26  # the basis reads the motion in windows of frames of about this size
 
 
 @dataclass
@@ -76,30 +78,69 @@ def _max_vertex_error(matrix: torch.Tensor, left: torch.Tensor, right: torch.Ten
 
 def shape_basis(displacements: np.ndarray, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> ShapeBasis:
     """The fewest shape keys that reproduce `displacements` (frames, V, 3) within `tolerance`."""
+    motion = np.asarray(displacements, np.float32)  # converted once, not window by window
+    frames, vertices, _ = motion.shape
+    return streamed_shape_basis(lambda start, stop: motion[start:stop], frames, vertices, tolerance, seed)
+
+
+def streamed_shape_basis(read: Callable[[int, int], np.ndarray], frames: int, vertices: int,
+                         tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> ShapeBasis:
+    """shape_basis of motion that `read(start, stop)` gives a window of frames at a time, as
+    (stop - start, V, 3): memory holds one window and the (frames x keys) weights, never the whole
+    motion, which can stay on disk. Each product with the motion is one pass over it."""
     if tolerance <= 0:
         raise ValueError(f"the tolerance must be positive, got {tolerance}")
-    frames, vertices, _ = displacements.shape
-    matrix = torch.from_numpy(np.ascontiguousarray(displacements, np.float32).reshape(frames, 3 * vertices))
-    full_rank = min(matrix.shape)
-    still_error = _max_vertex_error(matrix, matrix[:, :0], matrix[:0])
+    width = 3 * vertices
+    window = max(1, WINDOW_BYTES // (4 * width))
+
+    def windows():
+        for start in range(0, frames, window):
+            block = np.ascontiguousarray(read(start, min(start + window, frames)), np.float32)
+            yield start, torch.from_numpy(block.reshape(len(block), width))
+
+    def times(right: torch.Tensor) -> torch.Tensor:  # motion @ right
+        return torch.cat([matrix @ right for _, matrix in windows()])
+
+    def transposed_times(left: torch.Tensor) -> torch.Tensor:  # motion.T @ left
+        out = torch.zeros((width, left.shape[1]))
+        for start, matrix in windows():
+            out.addmm_(matrix.T, left[start:start + len(matrix)])
+        return out
+
+    def error(left: torch.Tensor, right: torch.Tensor, give_up_above: float = float("inf")) -> float:
+        worst = 0.0
+        for start, matrix in windows():
+            worst = max(worst, _max_vertex_error(matrix, left[start:start + len(matrix)], right, give_up_above))
+            if worst > give_up_above:
+                break
+        return worst
+
+    def orthonormal(columns: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.qr(columns).Q
+
+    still_error = error(torch.zeros((frames, 0)), torch.zeros((0, width)))
     if still_error <= tolerance:  # no motion worth a key (e.g. silence)
         return ShapeBasis(np.zeros((0, vertices, 3), np.float32), np.zeros((frames, 0), np.float32), still_error)
+    full_rank = min(frames, width)
     rank = min(32, full_rank)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        while True:
-            # Oversampling keeps the leading `rank` singular vectors accurate.
-            q = min(full_rank, rank + 16)
-            u, s, v = torch.svd_lowrank(matrix, q=q, niter=3)
-            left, right = u * s, v.T
-            if q == full_rank or _max_vertex_error(matrix, left, right, tolerance) <= tolerance:
-                break
-            rank *= 2
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        # A randomised range finder: oversampling and three power iterations keep the leading `rank`
+        # singular vectors accurate (torch.svd_lowrank's algorithm, one pass per product).
+        q = min(full_rank, rank + 16)
+        range_basis = orthonormal(times(torch.randn(width, q, generator=generator)))
+        for _ in range(3):
+            range_basis = orthonormal(times(orthonormal(transposed_times(range_basis))))
+        u, s, right = torch.linalg.svd(transposed_times(range_basis).T, full_matrices=False)
+        left = range_basis @ (u * s)
+        if q == full_rank or error(left, right, tolerance) <= tolerance:
+            break
+        rank *= 2
     # Smallest rank within tolerance (the error does not grow with the rank).
     low, high = 1, q
     while low < high:
         middle = (low + high) // 2
-        if _max_vertex_error(matrix, left[:, :middle], right[:middle], tolerance) <= tolerance:
+        if error(left[:, :middle], right[:middle], tolerance) <= tolerance:
             high = middle
         else:
             low = middle + 1
@@ -107,5 +148,4 @@ def shape_basis(displacements: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
     # Scale each key so its weight peaks at +-1: sliders in [-1, 1], shapes at full amplitude.
     peak = left.abs().amax(0).clamp_min(1e-20)
     weights, shapes = left / peak, right * peak[:, None]
-    error = _max_vertex_error(matrix, weights, shapes)
-    return ShapeBasis(shapes.reshape(low, vertices, 3).numpy(), weights.contiguous().numpy(), error)
+    return ShapeBasis(shapes.reshape(low, vertices, 3).numpy(), weights.contiguous().numpy(), error(weights, shapes))

@@ -438,3 +438,15 @@ def test_a_model_that_fails_to_warm_up_is_reported_by_the_click(scene, model_dir
         generate(broken, speech)
     assert generate(model_dir, speech) == {'FINISHED'}  # the same worker goes on
     worker_client.stop_shared_worker()
+
+
+@pytest.mark.parametrize("in_memory_limit", [2 ** 28, 1000])
+def test_the_worker_keeps_a_long_lines_motion_in_a_file_for_the_key_fit(tmp_path, monkeypatch, in_memory_limit):
+    from memorytalker_addon import worker_main
+
+    monkeypatch.setattr(worker_main, "MOTION_IN_MEMORY_BYTES", in_memory_limit)
+    motion = np.random.default_rng(0).normal(size=(50, 7, 3)).astype(np.float32)
+    blocks = ((start, motion[start:start + 8]) for start in range(0, 50, 8))
+    read = worker_main.Session._kept_motion(blocks, 50, 7, tmp_path)
+    assert np.array_equal(read(3, 41), motion[3:41])
+    assert (tmp_path / "motion.f32").exists() == (in_memory_limit == 1000)
