@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,6 +15,14 @@ from .audio import Waveform
 from .errors import MemoryTalkerError
 from .inference import MAX_FPS, MAX_STYLE_STRENGTH, MIN_FPS, MIN_STYLE_STRENGTH, Animator
 from .motion_io import FORMATS, MotionWriter
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """An argparse type: I/N with 1 <= I <= N."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N, e.g. 2/8; got {text}")
+    return int(index), int(count)
 
 
 def _number_from(low: float, high: float):
@@ -125,6 +134,14 @@ def _add_animate(sub) -> None:
     p.add_argument("--style-strength", type=_number_from(MIN_STYLE_STRENGTH, MAX_STYLE_STRENGTH), default=1.0,
                    help="0 = generic motion, 1 = the speaker's style")
     p.add_argument("--style-audio", type=Path, help="take the speaking style from this recording instead")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="animate only share I of N of the inputs (sorted by path, every N-th from the I-th): N farm "
+                        "tasks given 1/N ... N/N and the same inputs write exactly what one run writes")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose output exists (outputs appear only once complete), e.g. after a killed run")
+    p.add_argument("--report", type=Path,
+                   help="append one JSON line per input to this file: input, output, frames, seconds, and "
+                        "error or skipped")
 
 
 def _add_import(sub) -> None:
@@ -278,7 +295,7 @@ def animate_outputs(inputs: list[Path], out: Path, output_format: str) -> list[P
     return outputs
 
 
-def _animate_one(animator: Animator, audio: Path, out: Path, args, reference: Waveform | None) -> None:
+def _animate_one(animator: Animator, audio: Path, out: Path, args, reference: Waveform | None) -> int:
     waveform = animator.load(audio)
     total, blocks = animator.stream(waveform, args.fps, args.style_strength, reference)
     fps = args.fps or animator.fps
@@ -290,22 +307,47 @@ def _animate_one(animator: Animator, audio: Path, out: Path, args, reference: Wa
             writer.write(block)
             bar.update(len(block))
     print(f"{audio} -> {out} ({_count(total, 'frame')} at {fps:g} fps)")
+    return total
+
+
+def shard_of(inputs: list[Path], shard: tuple[int, int] | None) -> list[int]:
+    """The positions of the inputs in share I of N: every N-th input, from the I-th, in path order;
+    so the N shares of the same inputs cover each exactly once, whatever order they were given in."""
+    if shard is None:
+        return list(range(len(inputs)))
+    index, count = shard
+    chosen = set(sorted(range(len(inputs)), key=lambda k: str(inputs[k]))[index - 1::count])
+    return [k for k in range(len(inputs)) if k in chosen]
 
 
 def run_animate(args) -> int:
+    # Clashing names are refused over all the inputs, so every shard refuses the same runs.
     outputs = animate_outputs(args.audio, args.out, args.format)
+    todo = shard_of(args.audio, args.shard)
     animator = Animator.from_folder(default_model(args.model), args.device)
     reference = animator.load(args.style_audio) if args.style_audio else None
     # A bad input is reported and the others still animated: a batch is not lost to one file.
     failed = []
-    for audio, out in zip(args.audio, outputs):
-        try:
-            _animate_one(animator, audio, out, args, reference)
-        except MemoryTalkerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed.append(audio)
-    if failed and len(args.audio) > 1:
-        print(f"{len(failed)} of {len(args.audio)} inputs failed: {', '.join(map(str, failed))}", file=sys.stderr)
+    for k in todo:
+        audio, out = args.audio[k], outputs[k]
+        line: dict = {"input": str(audio), "output": str(out)}
+        started = time.perf_counter()
+        if args.resume and out.exists():
+            print(f"{audio}: {out} exists, skipped (--resume)")
+            line["skipped"] = "output exists"
+        else:
+            try:
+                line["frames"] = _animate_one(animator, audio, out, args, reference)
+            except MemoryTalkerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed.append(audio)
+                line["error"] = str(exc)
+        line["seconds"] = round(time.perf_counter() - started, 3)
+        if args.report:
+            with open(args.report, "a") as report:
+                report.write(json.dumps(line) + "\n")
+    if failed and len(todo) > 1:
+        print(f"{len(failed)} of {len(todo)} inputs failed: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0
 
 
