@@ -103,7 +103,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     memorytalker_addon.register()
-    folder = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
+    with tempfile.TemporaryDirectory(prefix="bench-clicks-") as temporary:
+        measure(args, Path(temporary))
+    memorytalker_addon.unregister()
+
+
+def measure(args, folder: Path) -> None:
     lines = {}
     for seconds in (10, 60):
         lines[seconds] = folder / f"line_{seconds}s.wav"
@@ -129,7 +134,6 @@ def main() -> None:
             results["worker_peak_mb"][f"{mode.lower()}, {minutes:g} min"] = peak
             print(f"{mode.lower()}, {minutes:g} min line: {seconds:.1f} s, worker peak {peak:.0f} MB", flush=True)
     worker_client.stop_shared_worker()
-    memorytalker_addon.unregister()
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / f"clicks_threads_{os.environ.get(THREADS_VARIABLE, 'fitted')}.json"
     saved.write_text(json.dumps(results, indent=2) + "\n")
