@@ -125,13 +125,10 @@ class Animator:
         if not MIN_STYLE_STRENGTH <= strength <= MAX_STYLE_STRENGTH:
             raise MemoryTalkerError(f"style strength must be between {MIN_STYLE_STRENGTH:g} and "
                                     f"{MAX_STYLE_STRENGTH:g}, got {strength}")
-        if not self.model.config.stylized or strength == 0.0:
-            return None
         source = style_reference if style_reference is not None else waveform
         if source.silent:
             return None
-        samples = torch.from_numpy(source.samples).to(self.device)
-        return self.model.style_weights_from_embedding(self.model.style_encoder.embed([samples]), strength)
+        return self.model.style_weights([torch.from_numpy(source.samples).to(self.device)], strength)
 
     # -- motion ---------------------------------------------------------------------------------
     def windows(self, frames: int) -> list[tuple[int, int]]:

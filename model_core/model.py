@@ -367,11 +367,15 @@ class MemoryTalker(nn.Module):
         w_s = self.style_encoder.weights(f_s)
         return 1.0 + strength * (w_s - 1.0)
 
+    def style_weights(self, waveforms: list[torch.Tensor], strength: float = 1.0) -> torch.Tensor | None:
+        """Slot weights for the style heard in `waveforms`; None (the generic memory) when the model
+        has no trained style or the strength is 0, without running the style encoder."""
+        if not self.config.stylized or strength == 0.0:
+            return None
+        return self.style_weights_from_embedding(self.style_encoder.embed(waveforms), strength)
+
     def forward(self, waveforms: list[torch.Tensor], frame_counts: list[int], style_strength: float = 1.0) -> torch.Tensor:
         """Displacements (B, T, V, 3) for unpadded waveforms (normalised, at config.sample_rate)."""
         logits, mask = self.audio_encoder(waveforms, frame_counts)
-        style = None
-        if self.config.stylized and style_strength != 0.0:
-            style = self.style_weights_from_embedding(self.style_encoder.embed(waveforms), style_strength)
-        out = self.predict(logits, mask, style)
+        out = self.predict(logits, mask, self.style_weights(waveforms, style_strength))
         return out.view(out.shape[0], out.shape[1], self.config.num_vertices, 3)

@@ -266,9 +266,7 @@ def bias_sweep(model: MemoryTalker, data: Path, split: str, candidates: list[flo
                 truth = lip_aperture(sample["vertices"].numpy().reshape(frames, -1, 3), upper, lower)
                 template = sample["template"].numpy().reshape(-1, 3)
                 logits, mask = model.audio_encoder([sample["audio"]], [frames])
-                style = None
-                if model.config.stylized and style_strength != 0.0:
-                    style = model.style_weights_from_embedding(model.style_encoder.embed([sample["audio"]]), style_strength)
+                style = model.style_weights([sample["audio"]], style_strength)
                 for candidate in candidates:
                     model.set_phoneme_logit_bias({**kept, **{p: candidate for p in sorted(BILABIAL)}})
                     motion = template + model.predict(logits, mask, style)[0].numpy().reshape(frames, -1, 3)
