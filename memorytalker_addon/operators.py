@@ -183,7 +183,7 @@ def write_job(job: Job, result: dict[str, Any], mute_other_takes: bool = True) -
         warnings
 
 
-def _worker(context):
+def worker_for(context):
     prefs = settings.preferences(context)
     return shared_worker(bpy.path.abspath(prefs.python_path) if prefs and prefs.python_path else None)
 
@@ -202,7 +202,7 @@ def warm_up(context) -> None:
     if not (folder / "config.json").is_file():
         return
     try:
-        worker = _worker(context)
+        worker = worker_for(context)
         wanted = (str(folder), options.device.lower())
         if not (worker.alive and worker.warmed == wanted):
             worker.warm(*wanted)
@@ -242,7 +242,7 @@ class MEMORYTALKER_OT_generate(settings.GenerateOptions, bpy.types.Operator):
             self.report({'ERROR'}, str(error))
             return {'CANCELLED'}
         try:
-            result = _worker(context).run(job.request, self._print_progress if bpy.app.background else None)
+            result = worker_for(context).run(job.request, self._print_progress if bpy.app.background else None)
             return self._finish(job, result)
         except (WorkerError, GenerationError) as error:
             self.report({'ERROR'}, str(error))
@@ -270,7 +270,7 @@ class MEMORYTALKER_OT_generate(settings.GenerateOptions, bpy.types.Operator):
             return {'CANCELLED'}
         try:
             self._job = prepare_job(context, self)
-            _worker(context).submit(self._job.request)
+            worker_for(context).submit(self._job.request)
         except (GenerationError, WorkerError) as error:
             if self._job is not None:
                 self._job.cleanup()
@@ -287,14 +287,14 @@ class MEMORYTALKER_OT_generate(settings.GenerateOptions, bpy.types.Operator):
     def modal(self, context, event):
         wm = context.window_manager
         if event.type == 'ESC' or wm.memorytalker_cancel:
-            _worker(context).stop()
+            worker_for(context).stop()
             self._end(context)
             self._job.cleanup()
             self.report({'WARNING'}, "Generation cancelled; the scene was not changed")
             return {'CANCELLED'}
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
-        for message in _worker(context).poll():
+        for message in worker_for(context).poll():
             kind = message.get("event")
             if kind == "progress":
                 wm.memorytalker_progress = message.get("fraction", 0.0)

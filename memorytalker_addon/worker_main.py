@@ -51,6 +51,22 @@ class Session:
         except Exception:  # noqa: BLE001 (any failure: the job will meet it again and report it)
             traceback.print_exc()
 
+    def frame_counts(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """How many frames the take of each of request["audio"] will have at request["fps"], read the
+        way `generate` reads the audio, so that a batch can place takes before making them. None for
+        a file that cannot be read: its own generation reports why."""
+        from model_core.errors import MemoryTalkerError
+        from model_core.inference import frame_count
+
+        animator = self.animator_for(request["model"], request.get("device", "auto"), emit)
+        counts: list[int | None] = []
+        for path in request["audio"]:
+            try:
+                counts.append(frame_count(animator.load(path).duration, request["fps"]))
+            except MemoryTalkerError:
+                counts.append(None)
+        return {"frames": counts}
+
     @staticmethod
     def binding_for(template, mesh, faces, retarget: dict[str, Any], emit: Emit):
         """The binding that carries the model's motion (on its template) onto `mesh`, fitted from the
@@ -195,8 +211,9 @@ def serve(requests, protocol) -> None:
         try:
             from model_core.errors import MemoryTalkerError
 
+            handler = session.frame_counts if request.get("op") == "frame_counts" else session.generate
             try:
-                emit({"event": "done", **session.generate(request, emit)})
+                emit({"event": "done", **handler(request, emit)})
             except MemoryTalkerError as error:
                 emit({"event": "error", "message": str(error)})
             finally:
