@@ -73,7 +73,9 @@ def _add_train(sub) -> None:
                    help="how many times a frame inside a p, b or m counts in the asr stage's frame term and "
                         "in stage 1's vertex error (default 1); above 1 the model closes the lips where it "
                         "is unsure instead of leaving them half open. Needs phoneme timings")
-    p.add_argument("--batch-size", type=_integer_from(1), default=1)
+    p.add_argument("--batch-size", type=_integer_from(1), default=1,
+                   help="clips per optimiser step; under torchrun the global batch, split evenly over the "
+                        "processes (a multiple of --nproc-per-node)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
@@ -232,7 +234,7 @@ def run_corpus(args) -> int:
 
 
 def run_train(args) -> int:
-    from .train import ADAM_EPS, TrainOptions, train
+    from .train import ADAM_EPS, TrainOptions, train, writes_outputs
 
     best = train(TrainOptions(stage=args.stage, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
@@ -242,7 +244,8 @@ def run_train(args) -> int:
                               bilabial_weight=args.bilabial_weight, freeze_backbone=args.freeze_backbone,
                               output_lr=args.output_lr, augment=args.augment, augment_prob=args.augment_prob,
                               adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
-    print(f"best model: {best}")
+    if writes_outputs():
+        print(f"best model: {best}")
     return 0
 
 

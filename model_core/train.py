@@ -1,12 +1,19 @@
 """Training of stage 1 (memorizing) and stage 2 (animating): checkpoint every epoch, resumable,
 best checkpoint chosen on the validation split's LVE, seeded per epoch so a resumed run equals an
 uninterrupted one.
+
+Under `torchrun --nproc-per-node N -m model_core train ...` the N processes train one model with
+DistributedDataParallel (gloo on CPU, nccl on CUDA, process i on cuda:i): each step's global batch is
+the one a single process would draw, split over the processes, and its gradient is the single
+process's (see shard_objective). Process 0 alone writes the run folder and logs.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +28,7 @@ from .data import Batch, DatasetInfo, TalkingFaceDataset, collate
 from .errors import MemoryTalkerError
 from .evaluate import evaluate_model, phoneme_recognition
 from .inference import resolve_device
-from .losses import asr_losses, stage1_losses, stage2_losses
+from .losses import asr_losses, bilabial_frame_weights, stage1_losses, stage2_losses
 from .model import MemoryTalker
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,7 @@ class TrainOptions:
     out: Path
     epochs: int = 100
     lr: float | None = None
-    batch_size: int = 1
+    batch_size: int = 1  # clips per optimiser step in all; under torchrun each of N processes takes batch_size / N
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -91,10 +98,186 @@ class FixedBackboneLogits:
         return padded, batch.mask
 
 
-def _seed(seed: int, epoch: int) -> torch.Generator:
-    torch.manual_seed(seed * 1_000_003 + epoch)
-    np.random.seed((seed * 1_000_003 + epoch) % 2**32)
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def _seed(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """Seeds the global generators for the epoch and returns the generator that shuffles its clips.
+
+    The shuffle depends on (seed, epoch) alone, so every process of a torchrun launch draws the same
+    global batches. The global generators (dropout, the backbone's time masking) get a stream of
+    their own in each process, so that processes do not drop the same units of different clips;
+    rank 0 keeps the single-process stream."""
+    epoch_seed = seed * 1_000_003 + epoch
+    process_seed = epoch_seed if rank == 0 else \
+        int(np.random.SeedSequence([epoch_seed % 2**64, rank]).generate_state(1)[0])
+    torch.manual_seed(process_seed)
+    np.random.seed(process_seed % 2**32)
+    return torch.Generator().manual_seed(epoch_seed)
+
+
+@dataclass
+class Processes:
+    """The processes of a torchrun launch; rank 0 writes the run folder and the logs."""
+
+    rank: int
+    local_rank: int
+    count: int
+
+    @classmethod
+    def from_environment(cls) -> "Processes | None":
+        """This process's place as torchrun describes it in the environment; None for a single process."""
+        count = int(os.environ.get("WORLD_SIZE", "1"))
+        if count == 1:
+            return None
+        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), count)
+
+    def device(self, requested: torch.device) -> torch.device:
+        """The device of this process: CPU, or the CUDA device of its local rank."""
+        if requested.type != "cuda":
+            return requested
+        if requested.index is not None:
+            raise MemoryTalkerError(f"under torchrun each process trains on cuda:LOCAL_RANK; give --device cuda "
+                                    f"(or auto) instead of --device {requested}")
+        if self.local_rank >= torch.cuda.device_count():
+            raise MemoryTalkerError(f"torchrun started more processes on this machine than it has CUDA devices "
+                                    f"({torch.cuda.device_count()}): use --nproc-per-node "
+                                    f"{torch.cuda.device_count()} or fewer, or --device cpu")
+        return torch.device("cuda", self.local_rank)
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This process's clips of a global batch: every count-th one, from its rank on."""
+        return batch[self.rank::self.count]
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes the run folder and reports: a single process, or rank 0 of a torchrun launch."""
+    processes = Processes.from_environment()
+    return processes is None or processes.rank == 0
+
+
+def loss_denominators(stage: str, batch: Batch, fps: float, bilabial_weight: float = 1.0) -> dict[str, float]:
+    """What each loss term of the stage (losses.py) averages over in this batch: valid frames
+    (weighted as the term weights them), pairs of consecutive valid frames, or clips.
+
+    A term's mean over one process's share of a batch is not its mean over the batch; these counts
+    are what it takes to put the batch's mean back together (shard_objective)."""
+    frames = float(sum(batch.frame_counts))
+    pairs = float(sum(max(count - 1, 0) for count in batch.frame_counts))
+    clips = float(len(batch.frame_counts))
+    weighted_frames = frames
+    if stage == "asr" or (stage == "1" and bilabial_weight != 1.0):
+        weights = bilabial_frame_weights(batch, max(batch.frame_counts), fps, bilabial_weight)
+        weighted_frames = float(sum(row[:count].sum() for row, count in zip(weights, batch.frame_counts)))
+    return {"asr": {"ctc": clips, "frame": weighted_frames},
+            "1": {"mse": weighted_frames, "vel": pairs, "mem": frames, "align": frames},
+            "2": {"mse": frames, "vel": pairs, "lip": frames, "style": clips}}[stage]
+
+
+def total_coefficients(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """losses["total"] as a linear combination of the other terms: each term's coefficient, i.e.
+    the gradient of the total with respect to the term (the weights of losses.py, read off rather
+    than copied)."""
+    terms = [k for k in losses if k != "total"]
+    gradients = torch.autograd.grad(losses["total"], [losses[k] for k in terms], retain_graph=True)
+    return {k: float(g) for k, g in zip(terms, gradients)}
+
+
+def shard_objective(losses: dict[str, torch.Tensor], coefficients: dict[str, float], shard: dict[str, float],
+                    batch: dict[str, float], processes: int) -> torch.Tensor:
+    """The loss one process back-propagates for its shard of a batch.
+
+    Each term is a mean over the shard, numerator / shard[k]; over the batch it is the sum of the
+    shards' numerators / batch[k]. DistributedDataParallel averages the processes' gradients, so
+    each term weighs processes * shard[k] / batch[k]: the average is then the gradient of the batch's
+    loss, as one process computing the whole batch would have it."""
+    return sum(coefficients[k] * processes * (shard[k] / batch[k] if batch[k] else 0.0) * losses[k]
+               for k in coefficients)
+
+
+class StageLoss(torch.nn.Module):
+    """The stage's loss terms of a batch, as a module's forward: DistributedDataParallel prepares
+    its gradient all-reduce in the forward pass of the module it wraps."""
+
+    def __init__(self, model: MemoryTalker, opts: TrainOptions, lips: torch.Tensor,
+                 fixed_logits: FixedBackboneLogits | None):
+        super().__init__()
+        self.model = model
+        self.stage = opts.stage
+        self.asr_frame_weight = opts.asr_frame_weight
+        self.bilabial_weight = opts.bilabial_weight
+        self.lips = lips
+        self.fixed_logits = fixed_logits
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.stage == "asr":
+            return asr_losses(self.model, batch, self.asr_frame_weight, self.bilabial_weight)
+        encoded = self.fixed_logits(batch) if self.fixed_logits else None
+        if self.stage == "1":
+            return stage1_losses(self.model, batch, encoded, self.bilabial_weight)
+        return stage2_losses(self.model, batch, self.lips, encoded)
+
+
+class ShardLoss(torch.nn.Module):
+    """One process's part of a batch's loss under torchrun: the module DistributedDataParallel wraps.
+
+    Its forward returns what the process back-propagates for its shard (shard_objective) and the
+    whole batch's loss terms for the log, the same in every process. The total's coefficients are
+    read inside the forward: DistributedDataParallel passes the outputs of the module it wraps
+    through a node of its own, which cuts the total off from its terms."""
+
+    def __init__(self, stage_loss: StageLoss, processes: Processes, device: torch.device):
+        super().__init__()
+        self.stage_loss = stage_loss
+        self.processes = processes
+        self.device = device
+
+    def forward(self, batch: Batch, stand_in: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = self.stage_loss(batch)
+        coefficients = total_coefficients(losses)
+        shard = loss_denominators(self.stage_loss.stage, batch, self.stage_loss.model.config.fps,
+                                  self.stage_loss.bilabial_weight)
+        missing = set(coefficients) - set(shard)
+        if missing:
+            raise ValueError(f"loss_denominators does not say what loss term(s) {', '.join(sorted(missing))} "
+                             "average over")
+        if stand_in:
+            shard = dict.fromkeys(shard, 0.0)
+        terms = list(coefficients)
+        # One all-reduce for the batch's denominators and the numerators of its terms.
+        shared = torch.tensor([shard[k] for k in terms] + [shard[k] * float(losses[k].detach()) for k in terms],
+                              dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(shared)
+        denominators = dict(zip(terms, shared[:len(terms)].tolist()))
+        values = {k: numerator / denominators[k] if denominators[k] else 0.0
+                  for k, numerator in zip(terms, shared[len(terms):].tolist())}
+        values["total"] = sum(coefficients[k] * values[k] for k in terms)
+        return shard_objective(losses, coefficients, shard, denominators, self.processes.count), values
+
+
+class EpochBatches:
+    """The batch sampler of an epoch: this process's clips of each batch.
+
+    The global batches are those of a shuffling DataLoader: its sampler, drawn from the generator
+    after the DataLoader has drawn its worker seed from it, as it does when it shuffles itself.
+    Under torchrun each process takes every N-th clip of a batch, from its rank on; a process left
+    without clips in the short last batch gets the batch's first clip as a stand-in, to be weighted
+    zero, since every process takes part in each step's gradient all-reduce. (DistributedSampler
+    would instead repeat clips to even the processes out, training on those clips twice.)
+    """
+
+    def __init__(self, dataset: Sized, batch_size: int, generator: torch.Generator, processes: Processes | None):
+        self.global_batches = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
+        self.processes = processes
+        rank = processes.rank if processes else 0
+        # Whether this process stands in at each step: its rank is past the end of the batch.
+        self.stand_ins = [rank >= min(batch_size, len(dataset) - start)
+                          for start in range(0, len(dataset), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.global_batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches:
+            yield (self.processes.shard(batch) or batch[:1]) if self.processes else batch
 
 
 def phoneme_vocabulary(info: DatasetInfo) -> list[str]:
@@ -196,8 +379,27 @@ def train(opts: TrainOptions) -> Path:
     if opts.augment_prob is not None and not opts.augment:
         raise MemoryTalkerError("--augment-prob sets the probability of each effect of --augment: give --augment too")
     opts.out = Path(opts.out)
+    processes = Processes.from_environment()
+    if processes is None:
+        return _train(opts, resolve_device(opts.device), None)
+    if opts.batch_size % processes.count:
+        raise MemoryTalkerError(f"--batch-size is the global batch, split evenly over the {processes.count} "
+                                f"processes torchrun started: give a multiple of {processes.count} "
+                                f"(not {opts.batch_size})")
+    device = processes.device(resolve_device(opts.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # gloo is torch's backend for CPU tensors, nccl the one for CUDA tensors.
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(opts, device, processes)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train(opts: TrainOptions, device: torch.device, processes: Processes | None) -> Path:
+    leader = writes_outputs()
     info = DatasetInfo.open(opts.data, opts.dataset)
-    device = resolve_device(opts.device)
     model = _build_model(opts, info).to(device)
     trainable = set(model.set_stage(opts.stage, opts.freeze_backbone))
     optimizer = make_optimizer([(name, p) for name, p in model.named_parameters() if p in trainable],
@@ -237,31 +439,42 @@ def train(opts: TrainOptions) -> Path:
             if new_lr:
                 group["lr"] = new_lr
         start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
-        log.info("resuming at epoch %d", start_epoch + 1)
+        if leader:
+            log.info("resuming at epoch %d", start_epoch + 1)
 
+    stage_loss = StageLoss(model, opts, lips, fixed_logits)
+    # Some trainable parameters can go unused in a step: the memory of a --no-memory model, layers
+    # that the backbone's layer drop skips.
+    shard_loss = None if processes is None else torch.nn.parallel.DistributedDataParallel(
+        ShardLoss(stage_loss, processes, device), find_unused_parameters=True)
     for epoch in range(start_epoch, opts.epochs):
-        generator = _seed(opts.seed, epoch)
+        generator = _seed(opts.seed, epoch, processes.rank if processes else 0)
         train_set.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, shuffle=True, generator=generator,
-                                             collate_fn=collate, num_workers=opts.num_workers)
+        batches = EpochBatches(train_set, opts.batch_size, generator, processes)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, generator=generator, collate_fn=collate,
+                                             num_workers=opts.num_workers)
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"stage {opts.stage} epoch {epoch + 1}/{opts.epochs}", disable=not opts.progress)
-        for batch in bar:
+        bar = tqdm(loader, desc=f"stage {opts.stage} epoch {epoch + 1}/{opts.epochs}",
+                   disable=not (opts.progress and leader))
+        for batch, stand_in in zip(bar, batches.stand_ins):
             batch = batch.to(device)
-            if opts.stage == "asr":
-                losses = asr_losses(model, batch, opts.asr_frame_weight, opts.bilabial_weight)
-            elif opts.stage == "1":
-                losses = stage1_losses(model, batch, fixed_logits(batch) if fixed_logits else None, opts.bilabial_weight)
+            if shard_loss is None:
+                losses = stage_loss(batch)
+                objective, values = losses["total"], {k: float(v.detach()) for k, v in losses.items()}
             else:
-                losses = stage2_losses(model, batch, lips, fixed_logits(batch))
+                objective, values = shard_loss(batch, stand_in)
             optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            objective.backward()
             optimizer.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{sums['total'] / (bar.n + 1):.3e}")
-        record = {"epoch": epoch + 1, **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
+        if processes is not None and not leader:
+            # Process 0 validates and writes the checkpoint; the others wait for it.
+            torch.distributed.barrier()
+            continue
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / len(batches) for k, v in sums.items()}}
         if has_val and opts.stage == "asr":
             record.update({f"val_{k}": v for k, v in phoneme_recognition(model, info, "val").items()})
         elif has_val:
@@ -278,4 +491,6 @@ def train(opts: TrainOptions) -> Path:
                     "augmentation": augmentation_record, "optimizer": optimizer.state_dict()}, state_path)
         (opts.out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         log.info("epoch %d: %s", epoch + 1, record)
+        if processes is not None:
+            torch.distributed.barrier()
     return opts.out / "best"
