@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 # Peak below -80 dBFS: digital silence or dither only. Such audio yields neutral motion.
 SILENCE_PEAK = 1e-4
 _READ_BLOCK_FRAMES = 1 << 18
+# Lines longer than this keep their samples in float16 (about 66 dB signal to rounding noise, below a
+# recording's own noise floor): two hours at 16 kHz take 230 MB instead of 460, so that `animate`
+# stays under 1 GB on them. Shorter lines stay float32, bit for bit what they always were.
+HALF_PRECISION_SECONDS = 30 * 60
 # A truncated file holding less than this is refused rather than animated: it is a failed export or
 # copy with nothing left to speak (a syllable lasts about 0.2 s).
 TRUNCATED_MIN_SECONDS = 0.1
@@ -24,7 +29,8 @@ TRUNCATED_MIN_SECONDS = 0.1
 
 @dataclass
 class Waveform:
-    """Mono float32 samples at `sample_rate`, zero mean and unit variance unless silent."""
+    """Mono samples at `sample_rate`, zero mean and unit variance unless silent: float32, or float16
+    for lines longer than HALF_PRECISION_SECONDS (consumers convert a window at a time)."""
 
     samples: np.ndarray
     sample_rate: int
@@ -38,9 +44,19 @@ class Waveform:
 
 def normalize(samples: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance per utterance (what Wav2Vec2FeatureExtractor(do_normalize=True) does)."""
-    samples = np.asarray(samples, dtype=np.float64)
-    normalized = (samples - samples.mean()) / np.sqrt(samples.var() + 1e-7)
-    return normalized.astype(np.float32)
+    return _normalize_in_place(np.array(samples, dtype=np.float32))
+
+
+def _normalize_in_place(samples: np.ndarray) -> np.ndarray:
+    """`normalize` over float32 or float16 `samples` themselves, in float64 block by block: a two-hour
+    line never has a float64 copy of itself beside it."""
+    blocks = [slice(start, start + _READ_BLOCK_FRAMES) for start in range(0, len(samples), _READ_BLOCK_FRAMES)]
+    mean = sum(float(samples[b].sum(dtype=np.float64)) for b in blocks) / len(samples)
+    variance = sum(float(np.square(samples[b].astype(np.float64) - mean).sum()) for b in blocks) / len(samples)
+    scale = np.sqrt(variance + 1e-7)
+    for b in blocks:
+        samples[b] = (samples[b].astype(np.float64) - mean) / scale
+    return samples
 
 
 def _check_finite(samples: np.ndarray, sample_rate: int, source: str, offset: int = 0) -> None:
@@ -67,17 +83,18 @@ def prepare(samples: np.ndarray, sample_rate: int, target_rate: int = 16000, sou
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
     if sample_rate != target_rate:
         mono = soxr.resample(mono, sample_rate, target_rate, quality="HQ").astype(np.float32)
-    return _finish(mono, target_rate, source)
+    # Normalised in place: the caller's array is never changed.
+    return _finish(mono.copy() if mono is samples else mono, target_rate, source)
 
 
 def _finish(mono: np.ndarray, rate: int, source: str) -> Waveform:
     if len(mono) == 0:
         raise AudioError(f"{source}: the audio is too short to resample (under one output sample)")
-    silent = float(np.abs(mono).max()) < SILENCE_PEAK
-    if silent:
+    if max(float(mono.max()), -float(mono.min())) < SILENCE_PEAK:
         log.warning("%s: the audio is silent (peak below -80 dBFS); the motion will be neutral", source)
-        return Waveform(np.zeros(len(mono), np.float32), rate, source, True)
-    return Waveform(normalize(mono), rate, source, False)
+        mono[:] = 0
+        return Waveform(mono, rate, source, True)
+    return Waveform(_normalize_in_place(mono), rate, source, False)
 
 
 def load_audio(path: str | Path, target_rate: int = 16000) -> Waveform:
@@ -105,22 +122,33 @@ def load_audio(path: str | Path, target_rate: int = 16000) -> Waveform:
         raise AudioError(f"{source}: the audio is empty (0 samples)")
     rate = info.samplerate
     resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ") if rate != target_rate else None
-    pieces: list[np.ndarray] = []
-    read = 0
+    # The output goes straight into one array sized from the header (grown if a compressed file's
+    # header undercounts), so the line is held once: no list of pieces beside their concatenation.
+    expected = math.ceil(info.frames * target_rate / rate) + 64
+    out = np.empty(expected, np.float16 if expected > HALF_PRECISION_SECONDS * target_rate else np.float32)
+    filled = read = 0
+
+    def append(piece: np.ndarray) -> None:
+        nonlocal out, filled
+        if filled + len(piece) > len(out):
+            out = np.resize(out, 2 * (filled + len(piece)))
+        out[filled:filled + len(piece)] = piece
+        filled += len(piece)
+
     try:
         with sf.SoundFile(source) as f:
             for block in f.blocks(blocksize=_READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
                 _check_finite(block, rate, source, offset=read)
                 read += len(block)
                 mono = block.mean(axis=1)
-                pieces.append(resampler.resample_chunk(mono) if resampler else mono.copy())
+                append(resampler.resample_chunk(mono) if resampler else mono)
             if resampler:
-                pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     except sf.LibsndfileError as exc:
         raise AudioError(f"{source}: the file is damaged or truncated ({_libsndfile_reason(exc)})") from None
     if read == 0:
         raise AudioError(f"{source}: the audio is empty (0 samples)")
-    return _finish(np.concatenate(pieces).astype(np.float32, copy=False), target_rate, source)
+    return _finish(out[:filled], target_rate, source)
 
 
 def _libsndfile_reason(error: Exception) -> str:

@@ -126,11 +126,14 @@ class AudioEncoder(nn.Module):
         # The first layer maps each window x of `kernel` samples to w_c . x (+ b_c), so its per-channel
         # mean and variance follow from the mean and second moment of the windows alone:
         # mean_c = w_c . E[x] + b_c, var_c = w_c^T E[x x^T] w_c - (w_c . E[x])^2. No activations needed.
-        waveform = self._pad_short(waveform).double()
+        waveform = self._pad_short(waveform)
         step = int(CNN_CHUNK_SECONDS * self.sample_rate) // stride * stride
-        count, total, outer = 0, waveform.new_zeros(kernel), waveform.new_zeros(kernel, kernel)
+        count = 0
+        total = torch.zeros(kernel, dtype=torch.float64, device=waveform.device)
+        outer = torch.zeros(kernel, kernel, dtype=torch.float64, device=waveform.device)
         for start in range(0, waveform.shape[-1] - kernel + 1, step):
-            windows = waveform[start:start + step + kernel - stride].unfold(0, kernel, stride)
+            # float64 a chunk at a time: a long line never has a float64 copy of itself beside it
+            windows = waveform[start:start + step + kernel - stride].double().unfold(0, kernel, stride)
             count += windows.shape[0]
             total += windows.sum(0)
             outer += windows.T @ windows

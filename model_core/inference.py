@@ -144,7 +144,7 @@ class Animator:
         # Two feature hops of audio past the window end give its last frames their true features.
         a = self._samples(start)
         b = min(len(samples), self._samples(end) + 2 * self.model.audio_encoder.samples_per_feature)
-        audio = torch.from_numpy(samples[a:b]).to(self.device)
+        audio = torch.from_numpy(samples[a:b]).to(self.device, torch.float32)
         logits, mask = self.model.audio_encoder([audio], [end - start], self.autocast_dtype, [statistics])
         out = self.model.predict(logits, mask, style, offset=start)
         return out[0].view(end - start, -1, 3).float().cpu().numpy()

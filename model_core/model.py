@@ -218,7 +218,8 @@ class SpeakingStyleEncoder(nn.Module):
         computed in chunks so a long recording's style costs bounded memory."""
         total, count = 0.0, 0
         for start in range(0, waveform.shape[-1], self.chunk_samples):
-            features = self.speaker.frame_features(self.logmel(waveform[start:start + self.chunk_samples])[None])
+            chunk = waveform[start:start + self.chunk_samples].float()  # a long line's samples can be float16
+            features = self.speaker.frame_features(self.logmel(chunk)[None])
             total = total + features.sum(-1)
             count += features.shape[-1]
         return self.to_slots(self.speaker.head(total / count))

@@ -185,3 +185,23 @@ def test_animate_without_model_uses_the_bundled_one(tmp_path, wav_file, monkeypa
     monkeypatch.setattr(checkpoint, "BUNDLED_MODEL", tmp_path / "bundled")
     assert main(["animate", str(wav_file), "--out", str(tmp_path / "a.npy")]) == 0
     assert np.load(tmp_path / "a.npy").shape == (60, 40, 3)  # 2 s at the model's 30 fps, 40 vertices
+
+
+def test_a_line_past_the_half_precision_length_animates_as_in_full_precision(tmp_path, monkeypatch):
+    from model_core import audio
+    from model_core.checkpoint import BUNDLED_MODEL
+
+    path = tmp_path / "long.wav"
+    sf.write(path, speech_like(3.0, 44100, seed=4)[0], 44100)
+    # The bundled model (a random tiny one amplifies any change); short windows, so that the clip
+    # statistics, the style chunks and the window cross-fades all see the samples.
+    animator = Animator.from_folder(BUNDLED_MODEL, "cpu", window_seconds=1.0, overlap_seconds=0.2)
+    full = animator.animate(path).displacements
+    monkeypatch.setattr(audio, "HALF_PRECISION_SECONDS", 2.0)
+    long_line = animator.load(path)
+    assert long_line.samples.dtype == np.float16
+    assert abs(float(long_line.samples.astype(np.float64).mean())) < 1e-3
+    assert abs(float(long_line.samples.astype(np.float64).std()) - 1) < 1e-3
+    half = animator.animate(long_line).displacements
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert np.abs(half - full).max() < 0.05e-3  # metres: half the finest default shape-key tolerance
