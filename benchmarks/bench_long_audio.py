@@ -35,7 +35,7 @@ ANIMATE = """
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 from model_core import Animator
-from model_core.cli import default_model
+from model_core.batches import default_model
 started = time.perf_counter()
 animator = Animator.from_folder(default_model(None), "cpu")
 loaded = time.perf_counter()

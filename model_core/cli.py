@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .audio import Waveform
 from .errors import MemoryTalkerError
 from .inference import MAX_FPS, MAX_STYLE_STRENGTH, MIN_FPS, MIN_STYLE_STRENGTH, Animator
+from .batches import (animate_outputs, animated_message, append_report, counted, default_model, report_failures,
+                      shard_of, write_line_motion)
 from .motion_io import FORMATS, MotionWriter
 
 
@@ -48,10 +48,6 @@ def _integer_from(low: int):
 
     integer.__name__ = "int"
     return integer
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _add_train(sub) -> None:
@@ -144,6 +140,31 @@ def _add_animate(sub) -> None:
     p.add_argument("--report", type=Path,
                    help="append one JSON line per input to this file: input, output, frames, seconds, and "
                         "error or skipped")
+    cluster = p.add_argument_group("on a Ray cluster", "needs Ray: pip install 'memorytalker[ray]'; each node "
+                                   "needs this package with the same Python and Ray versions as this machine")
+    cluster.add_argument("--ray", nargs="?", const="", type=_ray_address, metavar="ADDRESS",
+                         help="spread the inputs over Ray workers that each keep one model loaded (one GPU each "
+                              "where the cluster has GPUs, unless --device cpu), writing the same files as a "
+                              "single-machine run. The audio goes to the workers and each motion file comes back "
+                              "to be written here: the nodes need no shared folder. A line whose worker or node "
+                              "dies is given to another. ADDRESS: HOST:PORT, ray://HOST:PORT or auto; without it the "
+                              "cluster in RAY_ADDRESS, else one started on this machine by `ray start`, else a new "
+                              "one on this machine. Put a bare --ray after the inputs or before another option")
+    cluster.add_argument("--ray-workers", type=_integer_from(1), metavar="N",
+                         help="how many workers (default: as many as the cluster has room for now)")
+    cluster.add_argument("--ray-cpus", type=_integer_from(1), metavar="N",
+                         help="CPUs each worker reserves and computes with (default 1). Outputs are bit for bit "
+                              "those of a single-machine run with as many threads (OMP_NUM_THREADS=N) on the same "
+                              "kind of CPU: the thread count changes the last bits")
+
+
+def _ray_address(text: str) -> str:
+    """An argparse type: a Ray cluster address, so that a bare --ray before the inputs is refused
+    rather than taking the first input for an address."""
+    if text in ("", "auto") or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a Ray cluster address (HOST:PORT, ray://HOST:PORT or "
+                                     "auto); for the default cluster put --ray after the inputs")
 
 
 def _add_import(sub) -> None:
@@ -264,69 +285,22 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def default_model(model: Path | None) -> Path:
-    from .checkpoint import BUNDLED_MODEL, CONFIG_FILE
-
-    if model is not None:
-        return model
-    if not (BUNDLED_MODEL / CONFIG_FILE).is_file():
-        raise MemoryTalkerError("this installation has no bundled demo model; pass --model MODEL_DIR")
-    return BUNDLED_MODEL
-
-
-def animate_outputs(inputs: list[Path], out: Path, output_format: str) -> list[Path]:
-    """The output path of each input. Refuses, before any work, inputs whose outputs would land on the
-    same path: one would silently overwrite the other."""
-    if len(inputs) == 1:
-        if out.suffix.lower() not in FORMATS:
-            raise MemoryTalkerError(f"--out {out}: give a file ending in {', '.join(FORMATS)}")
-        return [out]
-    if out.exists() and not out.is_dir():
-        raise MemoryTalkerError(f"--out {out}: with several inputs --out is a folder, and this is a file; "
-                                "give a folder")
-    outputs = [out / f"{audio.stem}.{output_format}" for audio in inputs]
-    first_input: dict[Path, Path] = {}
-    clashes = []
-    for audio, path in zip(inputs, outputs):
-        if path in first_input:
-            clashes.append(f"{first_input[path]} and {audio} (both -> {path})")
-        first_input.setdefault(path, audio)
-    if clashes:
-        raise MemoryTalkerError(f"inputs with the same file name would overwrite each other's output: "
-                                f"{'; '.join(clashes)}; animate them in separate runs with their own --out, "
-                                "or rename one")
-    return outputs
-
-
 def _animate_one(animator: Animator, audio: Path, out: Path, args, reference: Waveform | None) -> int:
-    waveform = animator.load(audio)
-    total, blocks = animator.stream(waveform, args.fps, args.style_strength, reference)
-    fps = args.fps or animator.fps
-    meta = animator.describe(waveform, args.style_strength, reference)
-    template = animator.model.template.cpu().numpy()
-    with MotionWriter(out, total, template.shape[0], fps, template, meta) as writer, \
-            tqdm(total=total, desc=audio.name, unit="frame", disable=total < 1000) as bar:
-        for block in blocks:
-            writer.write(block)
-            bar.update(len(block))
-    print(f"{audio} -> {out} ({_count(total, 'frame')} at {fps:g} fps)")
+    total = write_line_motion(animator, animator.load(audio), out, args.fps, args.style_strength, reference)
+    print(animated_message(audio, out, total, args.fps or animator.fps))
     return total
 
 
-def shard_of(inputs: list[Path], shard: tuple[int, int] | None) -> list[int]:
-    """The positions of the inputs in share I of N: every N-th input, from the I-th, in path order;
-    so the N shares of the same inputs cover each exactly once, whatever order they were given in."""
-    if shard is None:
-        return list(range(len(inputs)))
-    index, count = shard
-    chosen = set(sorted(range(len(inputs)), key=lambda k: str(inputs[k]))[index - 1::count])
-    return [k for k in range(len(inputs)) if k in chosen]
-
-
 def run_animate(args) -> int:
+    if args.ray is None and (args.ray_workers or args.ray_cpus):
+        raise MemoryTalkerError("--ray-workers and --ray-cpus size a Ray run; add --ray [ADDRESS]")
     # Clashing names are refused over all the inputs, so every shard refuses the same runs.
     outputs = animate_outputs(args.audio, args.out, args.format)
     todo = shard_of(args.audio, args.shard)
+    if args.ray is not None:
+        from .ray_batch import animate_on_ray
+
+        return animate_on_ray(args, outputs, todo)
     animator = Animator.from_folder(default_model(args.model), args.device)
     reference = animator.load(args.style_audio) if args.style_audio else None
     # A bad input is reported and the others still animated: a batch is not lost to one file.
@@ -346,11 +320,8 @@ def run_animate(args) -> int:
                 failed.append(audio)
                 line["error"] = str(exc)
         line["seconds"] = round(time.perf_counter() - started, 3)
-        if args.report:
-            with open(args.report, "a") as report:
-                report.write(json.dumps(line) + "\n")
-    if failed and len(todo) > 1:
-        print(f"{len(failed)} of {len(todo)} inputs failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        append_report(args.report, line)
+    report_failures(failed, len(todo))
     return 1 if failed else 0
 
 
@@ -394,7 +365,7 @@ def run_retarget(args) -> int:
     with MotionWriter(args.out, frames, len(target_vertices), fps, target_vertices, metadata) as writer:
         for start in range(0, frames, 256):
             writer.write(binding.transfer(displacements[start:start + 256]))
-    print(f"{args.motion} -> {args.out} ({_count(frames, 'frame')} on {len(target_vertices)} vertices, "
+    print(f"{args.motion} -> {args.out} ({counted(frames, 'frame')} on {len(target_vertices)} vertices, "
           f"{int(binding.still.sum())} of them still)")
     return 0
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the virtual environment in .venv: PyTorch first and on its own (the CPU
 # wheel torch==2.13.0 unless TORCH_REQUIREMENT says otherwise), then the project with its test,
-# corpus and landmarks extras (mediapipe: the add-on's automatic head landmarks) and the bpy
+# corpus, landmarks (mediapipe: the add-on's automatic head landmarks) and ray (`animate --ray`,
+# whose test starts a local Ray cluster) extras and the bpy
 # module (BPY_REQUIREMENT, default bpy==5.0.1); then the recorded speech some tests read
 # (scripts/get_test_recordings.sh).
 set -euo pipefail
@@ -16,5 +17,5 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first and on its own, so that nothing later resolves a different (multi-GB) build.
 "${PIP[@]}" install $TORCH_REQUIREMENT
-"${PIP[@]}" install -e ".[test,corpus,landmarks]" "$BPY_REQUIREMENT"
+"${PIP[@]}" install -e ".[test,corpus,landmarks,ray]" "$BPY_REQUIREMENT"
 scripts/get_test_recordings.sh

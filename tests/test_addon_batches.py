@@ -151,7 +151,7 @@ def test_a_killed_batch_resumes_without_making_its_finished_takes_again(shot, li
 
 def test_the_add_on_splits_lines_into_shards_as_model_core_does():
     from memorytalker_addon.cli import shard_positions
-    from model_core.cli import shard_of
+    from model_core.batches import shard_of
 
     names = [f"/lines/{name}.wav" for name in ("c", "a", "e", "b", "d", "g", "f")]
     for count in (1, 2, 3, 7, 9):
