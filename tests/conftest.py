@@ -49,6 +49,19 @@ def speech_like(seconds: float, sr: int, seed: int, pitch: float = 140.0, loudne
     return (loudness * envelope * (tone + noise)).astype(np.float32), envelope
 
 
+LABEL_PHONEMES = ["b", "a", "m", "i", "s", "u"]
+
+
+def write_phoneme_labels(root: Path) -> None:
+    """phonemes/NAME.json for every clip of a dataset folder: a fixed sequence derived from its name."""
+    (root / "phonemes").mkdir()
+    for wav in (root / "wav").glob("*.wav"):
+        seed = sum(map(ord, wav.stem))
+        labels = [LABEL_PHONEMES[(seed + 3 * k) % len(LABEL_PHONEMES)] for k in range(5)]
+        segments = [["_", 0.0, 0.1]] + [[p, 0.1 + 0.15 * k, 0.25 + 0.15 * k] for k, p in enumerate(labels)]
+        (root / "phonemes" / f"{wav.stem}.json").write_text(json.dumps(segments))
+
+
 def write_dataset(root: Path, subjects: list[str], sentences: range, seconds=(1.0, 1.6), source_fps=60,
                   sr=16000, seed=0) -> Path:
     """A VOCASET-layout folder whose motion follows the audio envelope (a learnable mapping),

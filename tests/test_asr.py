@@ -13,9 +13,8 @@ from model_core.data import DatasetInfo, TalkingFaceDataset, collate
 from model_core.evaluate import edit_distance, greedy_ctc
 from model_core.losses import asr_losses, bilabial_frame_weights, frame_labels, stage1_losses
 from model_core.train import TrainOptions, _new_stage1_model, phoneme_vocabulary, train
-from tests.conftest import tiny_backbone_config
+from tests.conftest import tiny_backbone_config, write_phoneme_labels
 
-PHONEMES = ["b", "a", "m", "i", "s", "u"]
 
 
 @pytest.fixture
@@ -23,12 +22,7 @@ def labelled(dataset_dir, tmp_path):
     """The tiny dataset plus phoneme labels: a fixed sequence per clip, derived from its name."""
     root = tmp_path / "labelled"
     shutil.copytree(dataset_dir, root)
-    (root / "phonemes").mkdir()
-    for wav in (root / "wav").glob("*.wav"):
-        seed = sum(map(ord, wav.stem))
-        labels = [PHONEMES[(seed + 3 * k) % len(PHONEMES)] for k in range(5)]
-        segments = [["_", 0.0, 0.1]] + [[p, 0.1 + 0.15 * k, 0.25 + 0.15 * k] for k, p in enumerate(labels)]
-        (root / "phonemes" / f"{wav.stem}.json").write_text(json.dumps(segments))
+    write_phoneme_labels(root)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"feature_dim": 16, "decoder_ff_dim": 32, "style_channels": 16,
                                   "style_embedding_dim": 24, "style_dense_blocks": 2,

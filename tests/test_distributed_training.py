@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model, write_dataset
+from conftest import tiny_config, tiny_model, write_dataset, write_phoneme_labels
 from safetensors.torch import load_file
 
 from model_core import tiny_backbone_config
@@ -21,7 +21,6 @@ from model_core.train import (EpochBatches, Processes, StageLoss, TrainOptions, 
                               phoneme_vocabulary, shard_objective, total_coefficients, train)
 
 REPO = Path(__file__).resolve().parents[1]
-PHONEMES = ["b", "a", "m", "i", "s", "u"]
 # Dropout (and the backbone's) draws its masks over the whole batch tensor, which no split of the
 # batch over processes draws alike: the comparisons train without it.
 NO_DROPOUT = dict(dropout=0.0, backbone_config=tiny_backbone_config(
@@ -38,12 +37,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     meta["splits"]["train"] = {"files": ["SpkA_sentence01", "SpkA_sentence02", "SpkA_sentence03",
                                          "SpkB_sentence01", "SpkB_sentence02"]}
     (root / "dataset.json").write_text(json.dumps(meta))
-    (root / "phonemes").mkdir()
-    for wav in (root / "wav").glob("*.wav"):
-        seed = sum(map(ord, wav.stem))
-        labels = [PHONEMES[(seed + 3 * k) % len(PHONEMES)] for k in range(5)]
-        segments = [["_", 0.0, 0.1]] + [[p, 0.1 + 0.15 * k, 0.25 + 0.15 * k] for k, p in enumerate(labels)]
-        (root / "phonemes" / f"{wav.stem}.json").write_text(json.dumps(segments))
+    write_phoneme_labels(root)
     fields = tiny_config(**NO_DROPOUT).to_dict()
     config = root.parent / "config.json"
     config.write_text(json.dumps({k: fields[k] for k in ("feature_dim", "decoder_ff_dim", "backbone", "backbone_config",
