@@ -127,11 +127,13 @@ def streamed_shape_basis(read: Callable[[int, int], np.ndarray], frames: int, ve
     rank = min(32, full_rank)
     generator = torch.Generator().manual_seed(seed)
     while True:
-        # A randomised range finder: oversampling and three power iterations keep the leading `rank`
-        # singular vectors accurate (torch.svd_lowrank's algorithm, one pass per product).
+        # A randomised range finder: oversampling and two power iterations (torch.svd_lowrank's
+        # algorithm and default, one pass per product) keep the leading `rank` singular vectors
+        # accurate: on 60 s of the bundled model's and of the rig's motion, at 0.01, 0.1 and 1 mm, a
+        # third gave the same keys. The error check below holds the tolerance in any case.
         q = min(full_rank, rank + 16)
         range_basis = orthonormal(times(torch.randn(width, q, generator=generator)))
-        for _ in range(3):
+        for _ in range(2):
             range_basis = orthonormal(times(orthonormal(transposed_times(range_basis))))
         u, s, right = torch.linalg.svd(transposed_times(range_basis).T, full_matrices=False)
         left = range_basis @ (u * s)
