@@ -15,6 +15,6 @@ for version in "${versions[@]}"; do
   "$venv/bin/python" -m pip --disable-pip-version-check -q install $TORCH_REQUIREMENT
   "$venv/bin/python" -m pip --disable-pip-version-check -q install -e ".[test]" "bpy==$version"
   echo "== Blender $version"
-  "$venv/bin/python" -m pytest -q tests/test_addon.py tests/test_addon_takes_safety.py tests/test_addon_cli_safety.py tests/test_landmarks.py || status=1
+  "$venv/bin/python" -m pytest -q tests/test_addon.py tests/test_addon_takes_safety.py tests/test_addon_cli_safety.py tests/test_addon_batches.py tests/test_landmarks.py || status=1
 done
 exit $status

@@ -22,8 +22,11 @@ from tests.conftest import speech_like  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # `blender -c memorytalker ...` in a process of its own: the extension's command, on the bpy module.
-COMMAND = ("import sys, bpy, memorytalker_addon; memorytalker_addon.register(); "
-           "from memorytalker_addon import cli; sys.exit(cli.run(sys.argv[1:]))")
+# It ends as Blender ends a command, without the interpreter's teardown, which crashes the bpy 4.2
+# and 4.5 modules (the worker is stopped first, as unregistering does when Blender quits).
+COMMAND = ("import os, sys, bpy, memorytalker_addon; memorytalker_addon.register(); "
+           "from memorytalker_addon import cli; code = cli.run(sys.argv[1:]); memorytalker_addon.unregister(); "
+           "sys.stdout.flush(); sys.stderr.flush(); os._exit(code)")
 LINE_SECONDS = (0.9, 0.5, 1.2, 0.7, 0.6)
 # The same bytes from every run need the same thread count: the worker would otherwise choose its own
 # from the load, and sums taken in another order round differently.

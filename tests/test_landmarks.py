@@ -464,7 +464,7 @@ def test_a_generation_cancelled_while_fitting_the_head_leaves_the_scene_as_it_wa
     operator = SimpleNamespace(object_name="", take="", mute_other_takes=True,
                                properties=SimpleNamespace(is_property_set=options.__contains__), **options)
     job = operators.prepare_job(bpy.context, operator)
-    worker = operators._worker(bpy.context)
+    worker = operators.worker_for(bpy.context)
     worker.submit(job.request)
     event = {}
     while not event.get("status", "").startswith("Fitting the head"):
