@@ -120,7 +120,8 @@ def streamed_shape_basis(read: Callable[[int, int], np.ndarray], frames: int, ve
     def orthonormal(columns: torch.Tensor) -> torch.Tensor:
         return torch.linalg.qr(columns).Q
 
-    still_error = error(torch.zeros((frames, 0)), torch.zeros((0, width)))
+    # Stops at the first block that moves more than the tolerance: only silence is read through.
+    still_error = error(torch.zeros((frames, 0)), torch.zeros((0, width)), tolerance)
     if still_error <= tolerance:  # no motion worth a key (e.g. silence)
         return ShapeBasis(np.zeros((0, vertices, 3), np.float32), np.zeros((frames, 0), np.float32), still_error)
     full_rank = min(frames, width)
