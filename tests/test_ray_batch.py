@@ -112,9 +112,12 @@ def ray_cluster(tmp_path_factory):
     temp = Path(tempfile.mkdtemp(prefix="mtray-"))
     logs = tmp_path_factory.mktemp("ray-logs")
     # A loopback test cluster needs no tokens. The head gives up on a lost node after about 2 s
-    # instead of Ray's 15 or more, so that no new worker is placed there meanwhile.
+    # instead of Ray's 15 or more, so that no new worker is placed there meanwhile. Ray refuses to
+    # create objects once the disk is 95 % full, and a shared test machine's disk can be (a run here
+    # then hung recovering the lost node's results): this test is about losing a node, not the disk.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_health_check_period_ms": "500",
-           "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "4"}
+           "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "4",
+           "RAY_local_fs_capacity_threshold": "0.999"}
     common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     nodes: list[subprocess.Popen] = []
 
