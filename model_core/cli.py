@@ -69,6 +69,13 @@ def _add_train(sub) -> None:
                    help="how many times a frame inside a p, b or m counts in the asr stage's frame term and "
                         "in stage 1's vertex error (default 1); above 1 the model closes the lips where it "
                         "is unsure instead of leaving them half open. Needs phoneme timings")
+    p.add_argument("--prosody-weight", type=_number_from(0, float("inf")), default=0.0, metavar="W",
+                   help="stage 2: weight of a term that has the style encoder predict each speaker's audible "
+                        "prosody (pitch level and range, speaking rate, loudness dynamics; speakers.json of the "
+                        "corpora that synth and corpus write) beside the published loss (default 0: off)")
+    p.add_argument("--fitted-style-weight", type=_number_from(0, float("inf")), default=0.0, metavar="W",
+                   help="stage 2: first fit each training speaker's best memory slot weights on the stage-1 model, "
+                        "then add W x the distance of the style encoder's weights to its speaker's (default 0: off)")
     p.add_argument("--batch-size", type=_integer_from(1), default=1,
                    help="clips per optimiser step; under torchrun the global batch, split evenly over the "
                         "processes (a multiple of --nproc-per-node)")
@@ -264,6 +271,7 @@ def run_train(args) -> int:
                               asr_frame_weight=args.asr_frame_weight,
                               bilabial_weight=args.bilabial_weight, freeze_backbone=args.freeze_backbone,
                               output_lr=args.output_lr, augment=args.augment, augment_prob=args.augment_prob,
+                              prosody_weight=args.prosody_weight, fitted_style_weight=args.fitted_style_weight,
                               adam_eps=ADAM_EPS if args.adam_eps is None else args.adam_eps))
     if writes_outputs():
         print(f"best model: {best}")

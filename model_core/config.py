@@ -62,6 +62,10 @@ class MemoryTalkerConfig:
     # the product form the initial weights ranged 0..113 on the demo model and stage 2 began far
     # worse than stage 1 (val LVE 7.3 against 2.3 x 1e-5 after an epoch).
     style_weights: str = "residual"
+    # Stage 2 with a prosody weight: names of the audible prosody measures (synthetic/prosody.py)
+    # that a linear head on f_s learns to predict, as z-scores of the speaker's median. A training
+    # aid that steers f_s towards what the style depends on; inference never uses the head.
+    prosody_targets: list[str] = field(default_factory=list)
     # True once stage 2 has trained the style encoder: only then do style weights apply.
     stylized: bool = False
 

@@ -110,10 +110,16 @@ def asr_losses(model: MemoryTalker, batch: Batch, frame_weight: float = 0.0,
 
 
 def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor,
-                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  prosody: torch.Tensor | None = None, prosody_weight: float = 0.0,
+                  fitted_style: torch.Tensor | None = None, fitted_style_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """L_mse + L_vel + 0.01 (L_lip + L_style); only the style encoder receives gradients.
 
     `encoded`: the batch's (logits, mask) when the (fixed) backbone's output is already known.
+    `prosody`: (B, len(config.prosody_targets)) the clips' speakers' prosody z-scores; adds
+    prosody_weight * L_prosody, the mean squared error of the style encoder's prosody head.
+    `fitted_style`: (B, slots) the clips' speakers' fitted slot weights (train.fit_speaker_style_weights);
+    adds fitted_style_weight * the mean squared distance of the style weights to them.
     """
     if encoded is None:
         with torch.no_grad():
@@ -121,7 +127,8 @@ def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor,
     logits, mask = encoded
     encoder = model.style_encoder
     f_s = encoder.embed(batch.waveforms)
-    pred = model.predict(logits, mask, encoder.weights(f_s))
+    style_weights = encoder.weights(f_s)
+    pred = model.predict(logits, mask, style_weights)
     target = batch.vertices - batch.templates[:, None]
     b, t, _ = pred.shape
     lips = lambda x: x.view(b, t, -1, 3)[:, :, lip_indices].reshape(b, t, -1)  # noqa: E731
@@ -133,4 +140,10 @@ def stage2_losses(model: MemoryTalker, batch: Batch, lip_indices: torch.Tensor,
                                       encoder.embed(batch.negative_waveforms), model.config.triplet_margin),
     }
     losses["total"] = losses["mse"] + losses["vel"] + AUX_WEIGHT * (losses["lip"] + losses["style"])
+    if prosody is not None:
+        losses["prosody"] = torch.nn.functional.mse_loss(encoder.prosody_head(f_s), prosody)
+        losses["total"] = losses["total"] + prosody_weight * losses["prosody"]
+    if fitted_style is not None:
+        losses["fitted"] = torch.nn.functional.mse_loss(style_weights, fitted_style)
+        losses["total"] = losses["total"] + fitted_style_weight * losses["fitted"]
     return losses

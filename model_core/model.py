@@ -201,7 +201,8 @@ class SpeakingStyleEncoder(nn.Module):
         self.to_slots = nn.Linear(config.style_embedding_dim, n)
         self.to_scale = nn.Linear(n, 1, bias=False)
         self.triplet_head = nn.Sequential(nn.Linear(n, n), nn.ReLU(), nn.Linear(n, n))
-        for m in [self.to_slots, self.to_scale, *self.triplet_head]:
+        self.prosody_head = nn.Linear(n, len(config.prosody_targets)) if config.prosody_targets else None
+        for m in [self.to_slots, self.to_scale, *self.triplet_head, self.prosody_head]:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
@@ -224,9 +225,26 @@ class SpeakingStyleEncoder(nn.Module):
             count += features.shape[-1]
         return self.to_slots(self.speaker.head(total / count))
 
+    @torch.no_grad()
+    def standardise_output(self, waveforms: list[torch.Tensor]) -> None:
+        """Rescale to_slots so that f_s has zero mean and unit spread per slot over `waveforms`.
+
+        The encoder reads log-mel in dB unnormalised (as published), so an untrained encoder's f_s
+        lies around +-70 with a spread of about 9 between clips: sigmoid(f_s) is 0 or 1 for 99 % of
+        the slots, and no gradient reaches the gates. Standardised, the gates start where they can learn.
+        """
+        f_s = self.embed(waveforms)
+        mean, spread = f_s.mean(0), f_s.std(0).clamp(min=1e-6)
+        self.to_slots.weight.div_(spread[:, None])
+        self.to_slots.bias.sub_(mean).div_(spread)
+
     def weights(self, f_s: torch.Tensor) -> torch.Tensor:
         """Per-sample slot weights w_s (B, slots); never averaged over the batch."""
-        gate = torch.sigmoid(f_s) * self.to_scale(f_s)
+        return self.gated(f_s, self.to_scale(f_s))
+
+    def gated(self, f_s: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Slot weights from f_s (B, slots) and a scale (B, 1): the form config.style_weights names."""
+        gate = torch.sigmoid(f_s) * scale
         return 1.0 + gate if self.residual else gate
 
     def triplet_loss(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:
@@ -269,6 +287,15 @@ class MemoryTalker(nn.Module):
         nn.init.zeros_(self.output_proj.bias)
         self._frozen_stage: str | None = None
         self._frozen_backbone = False
+
+    def add_prosody_head(self, targets: list[str]) -> None:
+        """Give the style encoder a head predicting the prosody measures `targets` from f_s
+        (config.prosody_targets), for stage 2's prosody term."""
+        head = nn.Linear(self.config.mem_slots, len(targets)).to(self.template.device)
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.style_encoder.prosody_head = head
+        self.config.prosody_targets = list(targets)
 
     def set_phoneme_logit_bias(self, bias: dict[str, float]) -> None:
         """Replaces config.phoneme_logit_bias (checked like a loaded config) and what predict adds."""

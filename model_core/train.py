@@ -28,11 +28,16 @@ from .data import Batch, DatasetInfo, TalkingFaceDataset, collate
 from .errors import MemoryTalkerError
 from .evaluate import evaluate_model, phoneme_recognition
 from .inference import resolve_device
-from .losses import asr_losses, bilabial_frame_weights, stage1_losses, stage2_losses
+from .losses import asr_losses, bilabial_frame_weights, masked_mse, stage1_losses, stage2_losses
 from .model import MemoryTalker
+from .synthetic.prosody import REFERENCE as PROSODY_REFERENCE, z_scores as prosody_z_scores
 
 log = logging.getLogger(__name__)
 DEFAULT_LR = {"asr": 5e-4, "1": 1e-4, "2": 5e-5}
+STYLE_SAMPLE_CLIPS = 32  # clips that set the scale of an untrained style encoder's output (stage 2)
+# Fitting a training speaker's slot weights on the frozen stage-1 model: clips, Adam steps and rate.
+SPEAKER_FIT_CLIPS, SPEAKER_FIT_STEPS, SPEAKER_FIT_LR = 6, 60, 0.05
+FITTED_STYLE_FILE = "fitted_style_weights.json"
 # Adam's epsilon: PyTorch's default. Gradients of an MSE on displacements in metres are about as
 # small (RMS 1e-9 to 1e-8 on most weights of the demo model), so this epsilon shrinks many steps;
 # --adam-eps 1e-12 removes that, but then stage 1 fine-tunes the backbone to the training voices
@@ -70,6 +75,8 @@ class TrainOptions:
     output_lr: float | None = None  # stage 1: the output projection's own learning rate (default: lr)
     augment: bool = False  # degrade the training audio afresh every epoch (augment.py)
     augment_prob: float | None = None  # with augment: each effect's probability (default augment.DEFAULT_PROBABILITY)
+    prosody_weight: float = 0.0  # stage 2: weight of L_prosody (the style encoder predicting the speaker's prosody)
+    fitted_style_weight: float = 0.0  # stage 2: weight of the distance to each speaker's fitted slot weights
 
 
 class FixedBackboneLogits:
@@ -168,7 +175,7 @@ def loss_denominators(stage: str, batch: Batch, fps: float, bilabial_weight: flo
         weighted_frames = float(sum(row[:count].sum() for row, count in zip(weights, batch.frame_counts)))
     return {"asr": {"ctc": clips, "frame": weighted_frames},
             "1": {"mse": weighted_frames, "vel": pairs, "mem": frames, "align": frames},
-            "2": {"mse": frames, "vel": pairs, "lip": frames, "style": clips}}[stage]
+            "2": {"mse": frames, "vel": pairs, "lip": frames, "style": clips, "prosody": clips, "fitted": clips}}[stage]
 
 
 def total_coefficients(losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -197,14 +204,19 @@ class StageLoss(torch.nn.Module):
     its gradient all-reduce in the forward pass of the module it wraps."""
 
     def __init__(self, model: MemoryTalker, opts: TrainOptions, lips: torch.Tensor,
-                 fixed_logits: FixedBackboneLogits | None):
+                 fixed_logits: FixedBackboneLogits | None, prosody: dict[str, torch.Tensor] | None = None,
+                 fitted_style: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.model = model
         self.stage = opts.stage
         self.asr_frame_weight = opts.asr_frame_weight
         self.bilabial_weight = opts.bilabial_weight
+        self.prosody_weight = opts.prosody_weight
         self.lips = lips
         self.fixed_logits = fixed_logits
+        self.prosody = prosody
+        self.fitted_style_weight = opts.fitted_style_weight
+        self.fitted_style = fitted_style
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.stage == "asr":
@@ -212,7 +224,9 @@ class StageLoss(torch.nn.Module):
         encoded = self.fixed_logits(batch) if self.fixed_logits else None
         if self.stage == "1":
             return stage1_losses(self.model, batch, encoded, self.bilabial_weight)
-        return stage2_losses(self.model, batch, self.lips, encoded)
+        per_speaker = lambda table: torch.stack([table[s] for s in batch.subjects]).to(self.lips.device) if table else None  # noqa: E731
+        return stage2_losses(self.model, batch, self.lips, encoded, per_speaker(self.prosody), self.prosody_weight,
+                             per_speaker(self.fitted_style), self.fitted_style_weight)
 
 
 class ShardLoss(torch.nn.Module):
@@ -348,8 +362,74 @@ def _build_model(opts: TrainOptions, info: DatasetInfo) -> MemoryTalker:
     if model.config.num_vertices != info.num_vertices:
         raise MemoryTalkerError(f"the model has {model.config.num_vertices} vertices, the data {info.num_vertices}")
     if opts.stage == "2":
+        # The two style terms need gates that can move (standardise_output says why); the published
+        # loss alone keeps the published start, so the recipe of the shipped model reproduces it.
+        if not model.config.stylized and (opts.prosody_weight or opts.fitted_style_weight):
+            model.style_encoder.standardise_output(_style_sample(info, model.config.sample_rate, opts.seed))
         model.config.stylized = True
+        if opts.prosody_weight and not model.config.prosody_targets:
+            model.add_prosody_head(list(PROSODY_REFERENCE))
     return model
+
+
+def _style_sample(info: DatasetInfo, sample_rate: int, seed: int) -> list[torch.Tensor]:
+    """The audio of up to STYLE_SAMPLE_CLIPS training clips, drawn for the seed, to start stage 2's style encoder from."""
+    clips = TalkingFaceDataset(info, "train", sample_rate)
+    chosen = np.random.default_rng(seed).permutation(len(clips))[:STYLE_SAMPLE_CLIPS]
+    return [torch.from_numpy(clips.audio(int(i))) for i in sorted(chosen)]
+
+
+def fit_speaker_style_weights(model: MemoryTalker, info: DatasetInfo, encode: FixedBackboneLogits,
+                              seed: int, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Each training speaker's best slot weights w_s for the frozen stage-1 model: w_s (one per
+    speaker) fitted by Adam to L_mse over up to SPEAKER_FIT_CLIPS of the speaker's clips, in the
+    style encoder's own form (a free f_s and scale through SpeakingStyleEncoder.gated, starting at
+    the plain memory's weights), so that the encoder can reach every target.
+
+    Stage 2 learns these weights only through the vertex error, whose gradients in metres are
+    about 1e-4 of the triplet term's; the fitted weights give the style encoder a target in the
+    weights' own units. Fitted on a synthetic test speaker's clips they cut its vertex error by
+    about 45 % (docs/model_core.md, finding 12)."""
+    clips = TalkingFaceDataset(info, "train", model.config.sample_rate)
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.train()  # as in the stage-2 steps: the fixed parts without dropout, no inference-only logit bias
+    fitted = {}
+    for speaker, indices in tqdm(sorted(clips.by_subject.items()), desc="fitting each speaker's style weights",
+                                 disable=not progress):
+        chosen = sorted(int(i) for i in rng.permutation(indices)[:SPEAKER_FIT_CLIPS])
+        batch = collate([clips[i] for i in chosen]).to(model.template.device)
+        logits, mask = encode(batch)
+        target = batch.vertices - batch.templates[:, None]
+        f_s = torch.zeros(1, model.config.mem_slots, device=target.device, requires_grad=True)
+        # Both forms start at weights of about 1: residual 1 + sigmoid(0) x 0.01, product sigmoid(0) x 2.
+        scale = torch.full((1, 1), 0.01 if model.style_encoder.residual else 2.0, device=target.device,
+                           requires_grad=True)
+        optimizer = torch.optim.Adam([f_s, scale], lr=SPEAKER_FIT_LR)
+        for _ in range(SPEAKER_FIT_STEPS):
+            optimizer.zero_grad()
+            weights = model.style_encoder.gated(f_s, scale).expand(len(chosen), -1)
+            masked_mse(model.predict(logits, mask, weights), target, mask).backward()
+            optimizer.step()
+        fitted[speaker] = model.style_encoder.gated(f_s, scale).detach()[0].cpu()
+    model.train(was_training)
+    return fitted
+
+
+def speaker_prosody(info: DatasetInfo, targets: list[str], speakers: set[str]) -> dict[str, torch.Tensor]:
+    """Each speaker's prosody `targets` as z-scores (synthetic/prosody.py), from the "prosody" the
+    corpus builders write into speakers.json (the median over the speaker's clips)."""
+    path = info.root / "speakers.json"
+    if not path.exists():
+        raise MemoryTalkerError(f"--prosody-weight needs each speaker's measured prosody: {path} does not exist "
+                                "(corpora written by `python -m model_core synth` or `corpus` have it)")
+    measured = {s["name"]: s.get("prosody") for s in json.loads(path.read_text(encoding="utf-8"))}
+    missing = sorted(s for s in speakers if not measured.get(s) or any(k not in measured[s] for k in targets))
+    if missing:
+        raise MemoryTalkerError(f"--prosody-weight: {path} gives no prosody ({', '.join(targets)}) for "
+                                f"{len(missing)} training speaker(s): {', '.join(missing[:5])}")
+    return {s: torch.tensor([prosody_z_scores(measured[s])[k] for k in targets], dtype=torch.float32)
+            for s in speakers}
 
 
 def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], lr: float, eps: float = ADAM_EPS,
@@ -376,6 +456,8 @@ def train(opts: TrainOptions) -> Path:
     if opts.bilabial_weight != 1.0 and (opts.stage == "2" or (opts.stage == "asr" and not opts.asr_frame_weight)):
         raise MemoryTalkerError("--bilabial-weight weights frames of the asr stage's frame term (give "
                                 "--asr-frame-weight too) or of stage 1's vertex error; stage 2 has no use for it")
+    if (opts.prosody_weight or opts.fitted_style_weight) and opts.stage != "2":
+        raise MemoryTalkerError("--prosody-weight and --fitted-style-weight weight terms of stage 2: use them with --stage 2")
     if opts.augment_prob is not None and not opts.augment:
         raise MemoryTalkerError("--augment-prob sets the probability of each effect of --augment: give --augment too")
     opts.out = Path(opts.out)
@@ -395,6 +477,19 @@ def train(opts: TrainOptions) -> Path:
         return _train(opts, device, processes)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _fitted_style_weights(model: MemoryTalker, info: DatasetInfo, encode: FixedBackboneLogits, opts: TrainOptions,
+                          leader: bool) -> dict[str, torch.Tensor]:
+    """fit_speaker_style_weights, kept in the run folder so that a resumed run learns the same targets."""
+    path = opts.out / FITTED_STYLE_FILE
+    if opts.resume and path.exists():
+        return {s: torch.tensor(w) for s, w in json.loads(path.read_text()).items()}
+    fitted = fit_speaker_style_weights(model, info, encode, opts.seed, opts.progress and leader)
+    if leader:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({s: w.tolist() for s, w in fitted.items()}))
+    return fitted
 
 
 def _train(opts: TrainOptions, device: torch.device, processes: Processes | None) -> Path:
@@ -442,7 +537,10 @@ def _train(opts: TrainOptions, device: torch.device, processes: Processes | None
         if leader:
             log.info("resuming at epoch %d", start_epoch + 1)
 
-    stage_loss = StageLoss(model, opts, lips, fixed_logits)
+    prosody = (speaker_prosody(info, model.config.prosody_targets, set(train_set.by_subject))
+               if opts.prosody_weight else None)
+    fitted_style = _fitted_style_weights(model, info, fixed_logits, opts, leader) if opts.fitted_style_weight else None
+    stage_loss = StageLoss(model, opts, lips, fixed_logits, prosody, fitted_style)
     # Some trainable parameters can go unused in a step: the memory of a --no-memory model, layers
     # that the backbone's layer drop skips.
     shard_loss = None if processes is None else torch.nn.parallel.DistributedDataParallel(

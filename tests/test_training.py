@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -6,10 +7,10 @@ import torch
 from conftest import LIPS, UPPER, tiny_config, tiny_model
 from safetensors.torch import load_file
 
-from model_core.checkpoint import save_model
+from model_core.checkpoint import load_model, save_model
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate
-from model_core.losses import stage1_losses, stage2_losses
+from model_core.losses import masked_mse, stage1_losses, stage2_losses
 from model_core.train import FixedBackboneLogits, make_optimizer
 
 
@@ -83,6 +84,76 @@ def test_stage2_reduces_the_loss_and_changes_only_the_style_encoder(dataset_dir)
     assert changed and all(k.startswith("style_encoder.") for k in changed)
 
 
+def write_speaker_prosody(data, pitch_levels):
+    """speakers.json as the corpus builders write it: each speaker's measured prosody."""
+    (data / "speakers.json").write_text(json.dumps([
+        {"name": name, "prosody": {"pitch_level": level, "pitch_range": 5.5, "speaking_rate": 10.0,
+                                   "loudness_dynamics": 11.0}} for name, level in pitch_levels.items()]))
+
+
+def test_stage2_prosody_term_teaches_the_style_encoder_each_speakers_prosody(dataset_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    stage1 = save_model(tiny_model(seed=0, randomize_output=False), tmp_path / "stage1")
+    run = ["train", "--stage", "2", "--data", str(data), "--init", str(stage1), "--device", "cpu", "--lr", "3e-4",
+           "--batch-size", "2", "--prosody-weight", "1"]
+    assert main([*run, "--out", str(tmp_path / "no-speakers"), "--epochs", "1"]) == 2
+    assert "speakers.json" in capsys.readouterr().err and not (tmp_path / "no-speakers" / "last").exists()
+    write_speaker_prosody(data, {"SpkA": 4.0})
+    assert main([*run, "--out", str(tmp_path / "no-speakers"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no prosody" in err and "SpkB" in err
+
+    # The speakers' voices differ in pitch (110 and 150 Hz): pitch levels 1.65 and 7.02 semitones.
+    write_speaker_prosody(data, {"SpkA": 1.65, "SpkB": 7.02, "SpkC": 11.6})
+    assert main([*run, "--out", str(tmp_path / "s2"), "--epochs", "30"]) == 0
+    history = json.loads((tmp_path / "s2" / "history.json").read_text())
+    assert history[-1]["train_prosody"] < 0.1 * history[0]["train_prosody"]
+    model = load_model(tmp_path / "s2" / "last")
+    assert model.config.prosody_targets == ["pitch_level", "pitch_range", "speaking_rate", "loudness_dynamics"]
+    info = DatasetInfo.open(data)
+    clips = TalkingFaceDataset(info, "train")
+    with torch.no_grad():
+        predicted = {clips.items[i].subject: float(model.style_encoder.prosody_head(
+            model.style_encoder.embed([clips[i]["audio"]]))[0, 0]) for i in range(len(clips))}
+    # z-scores against the reference pitch level 7 +- 7 semitones: -0.76 and 0.0
+    assert predicted["SpkA"] == pytest.approx(-0.76, abs=0.3) and predicted["SpkB"] == pytest.approx(0.0, abs=0.3)
+    weights = load_file(str(tmp_path / "s2" / "last" / "model.safetensors"))
+    start = load_file(str(stage1 / "model.safetensors"))
+    assert all(torch.equal(start[k], weights[k]) for k in start if not k.startswith("style_encoder."))
+
+    assert main(["train", "--stage", "1", "--data", str(data), "--init", str(stage1), "--device", "cpu",
+                 "--prosody-weight", "1", "--out", str(tmp_path / "s1")]) == 2
+    assert "--stage 2" in capsys.readouterr().err
+
+
+def test_stage2_fits_each_speakers_style_weights_first_and_learns_towards_them(dataset_dir, tmp_path, capsys):
+    stage1 = save_model(tiny_model(seed=0), tmp_path / "stage1")
+    run = ["train", "--stage", "2", "--data", str(dataset_dir), "--init", str(stage1), "--device", "cpu",
+           "--lr", "3e-3", "--batch-size", "2", "--fitted-style-weight", "1", "--out", str(tmp_path / "s2")]
+    assert main([*run, "--epochs", "1"]) == 0
+    assert "fitting each speaker's style weights" in capsys.readouterr().err
+    fitted = json.loads((tmp_path / "s2" / "fitted_style_weights.json").read_text())
+    assert set(fitted) == {"SpkA", "SpkB"}  # the training speakers
+
+    # Each speaker's fitted weights animate that speaker's clips closer to the truth than the plain memory.
+    model = load_model(stage1)
+    clips = TalkingFaceDataset(DatasetInfo.open(dataset_dir), "train")
+    for speaker, indices in clips.by_subject.items():
+        batch = collate([clips[i] for i in indices])
+        logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
+        target = batch.vertices - batch.templates[:, None]
+        with torch.no_grad():
+            error = {name: float(masked_mse(model.predict(logits, mask, weights), target, mask))
+                     for name, weights in (("plain", None), ("fitted", torch.tensor([fitted[speaker]] * len(indices))))}
+        assert error["fitted"] < 0.97 * error["plain"]
+
+    assert main([*run, "--epochs", "4", "--resume"]) == 0
+    assert "fitting each speaker's style weights" not in capsys.readouterr().err  # kept in the run folder
+    history = json.loads((tmp_path / "s2" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["train_fitted"] < history[0]["train_fitted"]
+
+
 def test_train_cli_checkpoints_every_epoch_selects_on_val_and_resumes_reproducibly(dataset_dir, tmp_path):
     config = tmp_path / "tiny.json"
     fields = tiny_config().to_dict()
@@ -124,7 +195,7 @@ def test_train_cli_checkpoints_every_epoch_selects_on_val_and_resumes_reproducib
 def test_stage1_with_a_frozen_backbone_trains_only_memory_and_decoder(dataset_dir, tmp_path, capsys):
     init = tmp_path / "init"
     save_model(tiny_model(seed=0, randomize_output=False), init)
-    common = ["train", "--data", str(dataset_dir), "--init", str(init), "--device", "cpu", "--lr", "1e-3",
+    common = ["train", "--data", str(dataset_dir), "--init", str(init), "--device", "cpu", "--lr", "3e-4",
               "--batch-size", "2", "--epochs", "1"]
     assert main([*common, "--stage", "1", "--out", str(tmp_path / "frozen"), "--freeze-backbone"]) == 0
     before = load_file(str(init / "model.safetensors"))

@@ -76,10 +76,15 @@ def combine(clips: list[Prosody | None]) -> Prosody | None:
     return Prosody(*(float(np.median([getattr(p, name) for p in known])) for name in REFERENCE))
 
 
+def z_scores(measures: dict[str, float]) -> dict[str, float]:
+    """Each measure (Prosody's fields by name, as speakers.json stores them) against its REFERENCE."""
+    return {name: (measures[name] - mean) / spread for name, (mean, spread) in REFERENCE.items()}
+
+
 def audible_jaw_gain(prosody: Prosody | None) -> float:
     """The jaw amplitude factor that follows the speaker's prosody (1 when it cannot be measured)."""
     if prosody is None:
         return 1.0
-    z = {name: (getattr(prosody, name) - mean) / spread for name, (mean, spread) in REFERENCE.items()}
+    z = z_scores(asdict(prosody))
     gain = float(np.exp(sum(JAW_WEIGHTS[name] * float(np.clip(z[name], -3, 3)) for name in JAW_WEIGHTS)))
     return float(np.clip(gain, *JAW_GAIN_LIMITS))
