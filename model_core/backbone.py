@@ -22,12 +22,17 @@ CNN_CHUNK_SECONDS = 2.5
 
 
 def _ctc_class(model_type: str):
-    from transformers import HubertForCTC, Wav2Vec2ForCTC
+    # Only the modeling module of the backbone asked for: importing transformers' modeling code is
+    # most of a cold worker's start (docs/benchmarks.md), so the other one is not imported too.
+    if model_type == "hubert":
+        from transformers.models.hubert.modeling_hubert import HubertForCTC
 
-    classes = {"hubert": HubertForCTC, "wav2vec2": Wav2Vec2ForCTC}
-    if model_type not in classes:
-        raise ValueError(f"unsupported audio backbone type {model_type!r}; use one of {', '.join(SUPPORTED_BACKBONES)}")
-    return classes[model_type]
+        return HubertForCTC
+    if model_type == "wav2vec2":
+        from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2ForCTC
+
+        return Wav2Vec2ForCTC
+    raise ValueError(f"unsupported audio backbone type {model_type!r}; use one of {', '.join(SUPPORTED_BACKBONES)}")
 
 
 def backbone_from_config(config_dict: dict[str, Any]) -> nn.Module:
