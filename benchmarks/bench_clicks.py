@@ -12,6 +12,7 @@ Run with the bpy module, nothing else running; MEMORYTALKER_THREADS=2 fixes the 
 (torch's default on two cores) instead of fitting them to the idle CPUs before each job:
 
     .venv/bin/python benchmarks/bench_clicks.py [--out benchmarks/results]
+    .venv/bin/python benchmarks/bench_clicks.py --cold-only --repeats 7   # the cold first click alone
 """
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--memory-minutes", default="1,5,20", help="line lengths for the memory figures")
     parser.add_argument("--memory-modes", default="SHAPEKEYS,PC2", help="output modes for the memory figures")
     parser.add_argument("--no-clicks", action="store_true", help="only the memory figures")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the cold first click, --repeats times (printed, not saved)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     memorytalker_addon.register()
@@ -114,6 +117,15 @@ def measure(args, folder: Path) -> None:
         lines[seconds] = folder / f"line_{seconds}s.wav"
         sf.write(lines[seconds], speech_like(seconds, 44100, seed=seconds)[0], 44100)
     new_scene()
+    if args.cold_only:
+        times = []
+        for _ in range(args.repeats):
+            worker_client.stop_shared_worker()
+            times.append(click(lines[10]))
+        worker_client.stop_shared_worker()
+        print(f"first click, 10 s line, cold worker: median {np.median(times):.2f} s "
+              f"({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+        return
     threads = os.environ.get(THREADS_VARIABLE) or "fitted to the idle CPUs before each job"
     results: dict = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                      "blender": bpy.app.version_string, "worker_threads": threads, "first_click_s": {}}

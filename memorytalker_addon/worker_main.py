@@ -8,6 +8,7 @@ must not import bpy or the add-on package: it runs outside Blender.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -22,11 +23,16 @@ MOTION_IN_MEMORY_BYTES = 2 ** 28
 
 
 class Session:
-    """The worker's state: the model last used, kept loaded for the next request."""
+    """The worker's state: the model last used, kept loaded for the next request.
 
-    def __init__(self) -> None:
+    start_up_gc_paused: the cyclic garbage collector is paused while the worker starts (see `main`)
+    and is resumed once the first model is loaded, or has failed to load."""
+
+    def __init__(self, start_up_gc_paused: bool = False) -> None:
         from model_core.cpu_share import CpuShare
 
+        self.start_up_gc_paused = start_up_gc_paused
+        self.start_up_frozen = False  # what the start-up created is frozen: the collector never scans it
         self.model_key: tuple[str, str] | None = None
         self.animator = None
         self.cpu_share = CpuShare()  # Blender and whatever else runs beside it share the CPUs
@@ -38,7 +44,22 @@ class Session:
         if key != self.model_key:
             emit({"event": "progress", "fraction": 0.0, "status": "Loading the model"})
             self.animator, self.model_key = None, None  # free the old model before loading the next
-            self.animator = Animator.from_folder(folder, device)
+            if self.start_up_frozen:
+                # The old model holds reference cycles, and the start-up froze it: the collector must
+                # see it again to free it (one full collection, fractions of a second, as a model loads).
+                self.start_up_frozen = False
+                gc.unfreeze()
+                gc.collect()
+            try:
+                self.animator = Animator.from_folder(folder, device)
+            finally:
+                if self.start_up_gc_paused:
+                    self.start_up_gc_paused, self.start_up_frozen = False, True
+                    # What the start-up created (imported modules, the model: some 600 000 objects that
+                    # stay) is frozen, so later collections never scan it. The little garbage the
+                    # imports left goes with it: collecting it would scan it all (0.3 s on 2 cores).
+                    gc.freeze()
+                    gc.enable()
             self.model_key = key
         return self.animator
 
@@ -192,12 +213,12 @@ class Session:
                   "status": f"Animating: {done} of {total} frames"})
 
 
-def serve(requests, protocol) -> None:
+def serve(requests, protocol, start_up_gc_paused: bool = False) -> None:
     def emit(event: dict[str, Any]) -> None:
         protocol.write(json.dumps(event) + "\n")
         protocol.flush()
 
-    session = Session()
+    session = Session(start_up_gc_paused)
     emit({"event": "ready", "pid": os.getpid()})
     for line in requests:
         if not line.strip():
@@ -224,10 +245,16 @@ def serve(requests, protocol) -> None:
 
 
 def main() -> None:
+    # Importing torch and transformers and loading the model create some 600 000 objects that live as
+    # long as the worker. Left on, the cyclic garbage collector, triggered by those allocations, scans
+    # the growing heap again and again meanwhile: six full collections, 0.5-0.6 s of a cold worker's
+    # 3.5 s on the 2-core machine (docs/benchmarks.md). So it is paused until the first model is
+    # loaded (Session.animator_for).
+    gc.disable()
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from libraries go to the log
     sys.stdout = sys.stderr
-    serve(sys.stdin, protocol)
+    serve(sys.stdin, protocol, start_up_gc_paused=True)
 
 
 if __name__ == "__main__":

@@ -450,3 +450,27 @@ def test_the_worker_keeps_a_long_lines_motion_in_a_file_for_the_key_fit(tmp_path
     read = worker_main.Session._kept_motion(blocks, 50, 7, tmp_path)
     assert np.array_equal(read(3, 41), motion[3:41])
     assert (tmp_path / "motion.f32").exists() == (in_memory_limit == 1000)
+
+
+def test_the_worker_collects_garbage_again_once_its_first_model_is_in_and_frees_a_model_it_replaces(tmp_path):
+    import gc
+    import weakref
+
+    from memorytalker_addon import worker_main
+
+    first, second = (save_model(tiny_model(seed=seed), tmp_path / f"model{seed}") for seed in (1, 2))
+    gc.disable()  # as the worker's main() starts
+    try:
+        session = worker_main.Session(start_up_gc_paused=True)
+        with pytest.raises(Exception):
+            session.animator_for(str(tmp_path / "no-model"), "cpu", lambda event: None)
+        assert gc.isenabled()  # a model that fails to load does not leave the collector off
+        session = worker_main.Session(start_up_gc_paused=True)
+        gc.disable()
+        loaded = weakref.ref(session.animator_for(str(first), "cpu", lambda event: None).model)
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        session.animator_for(str(second), "cpu", lambda event: None)
+        assert loaded() is None and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
