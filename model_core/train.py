@@ -224,9 +224,14 @@ class StageLoss(torch.nn.Module):
         encoded = self.fixed_logits(batch) if self.fixed_logits else None
         if self.stage == "1":
             return stage1_losses(self.model, batch, encoded, self.bilabial_weight)
-        per_speaker = lambda table: torch.stack([table[s] for s in batch.subjects]).to(self.lips.device) if table else None  # noqa: E731
-        return stage2_losses(self.model, batch, self.lips, encoded, per_speaker(self.prosody), self.prosody_weight,
-                             per_speaker(self.fitted_style), self.fitted_style_weight)
+        return stage2_losses(self.model, batch, self.lips, encoded, self._per_clip(self.prosody, batch),
+                             self.prosody_weight, self._per_clip(self.fitted_style, batch), self.fitted_style_weight)
+
+    def _per_clip(self, per_speaker: dict[str, torch.Tensor] | None, batch: Batch) -> torch.Tensor | None:
+        """A per-speaker table's rows for the batch's clips (B, ...), or None without a table."""
+        if not per_speaker:
+            return None
+        return torch.stack([per_speaker[s] for s in batch.subjects]).to(self.lips.device)
 
 
 class ShardLoss(torch.nn.Module):
