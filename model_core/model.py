@@ -201,12 +201,14 @@ class SpeakingStyleEncoder(nn.Module):
         self.to_slots = nn.Linear(config.style_embedding_dim, n)
         self.to_scale = nn.Linear(n, 1, bias=False)
         self.triplet_head = nn.Sequential(nn.Linear(n, n), nn.ReLU(), nn.Linear(n, n))
-        self.prosody_head = nn.Linear(n, len(config.prosody_targets)) if config.prosody_targets else None
-        for m in [self.to_slots, self.to_scale, *self.triplet_head, self.prosody_head]:
+        for m in [self.to_slots, self.to_scale, *self.triplet_head]:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        self.prosody_head: nn.Linear | None = None
+        if config.prosody_targets:
+            self.add_prosody_head(len(config.prosody_targets))
         if self.residual:
             nn.init.zeros_(self.to_scale.weight)
 
@@ -224,6 +226,12 @@ class SpeakingStyleEncoder(nn.Module):
             total = total + features.sum(-1)
             count += features.shape[-1]
         return self.to_slots(self.speaker.head(total / count))
+
+    def add_prosody_head(self, outputs: int) -> None:
+        """A linear head on f_s predicting `outputs` prosody measures, for stage 2's prosody term."""
+        self.prosody_head = nn.Linear(self.to_slots.out_features, outputs).to(self.to_slots.weight.device)
+        nn.init.xavier_uniform_(self.prosody_head.weight)
+        nn.init.zeros_(self.prosody_head.bias)
 
     @torch.no_grad()
     def standardise_output(self, waveforms: list[torch.Tensor]) -> None:
@@ -291,10 +299,7 @@ class MemoryTalker(nn.Module):
     def add_prosody_head(self, targets: list[str]) -> None:
         """Give the style encoder a head predicting the prosody measures `targets` from f_s
         (config.prosody_targets), for stage 2's prosody term."""
-        head = nn.Linear(self.config.mem_slots, len(targets)).to(self.template.device)
-        nn.init.xavier_uniform_(head.weight)
-        nn.init.zeros_(head.bias)
-        self.style_encoder.prosody_head = head
+        self.style_encoder.add_prosody_head(len(targets))
         self.config.prosody_targets = list(targets)
 
     def set_phoneme_logit_bias(self, bias: dict[str, float]) -> None:
