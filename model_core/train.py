@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sized
+import zlib
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,7 +386,9 @@ def _style_sample(info: DatasetInfo, sample_rate: int, seed: int) -> list[torch.
 
 
 def fit_speaker_style_weights(model: MemoryTalker, info: DatasetInfo, encode: FixedBackboneLogits,
-                              seed: int, progress: bool = True) -> dict[str, torch.Tensor]:
+                              seed: int, progress: bool = True, known: dict[str, torch.Tensor] | None = None,
+                              on_fitted: Callable[[dict[str, torch.Tensor]], None] | None = None
+                              ) -> dict[str, torch.Tensor]:
     """Each training speaker's best slot weights w_s for the frozen stage-1 model: w_s (one per
     speaker) fitted by Adam to L_mse over up to SPEAKER_FIT_CLIPS of the speaker's clips, in the
     style encoder's own form (a free f_s and scale through SpeakingStyleEncoder.gated, starting at
@@ -394,14 +397,22 @@ def fit_speaker_style_weights(model: MemoryTalker, info: DatasetInfo, encode: Fi
     Stage 2 learns these weights only through the vertex error, whose gradients in metres are
     about 1e-4 of the triplet term's; the fitted weights give the style encoder a target in the
     weights' own units. Fitted on a synthetic test speaker's clips they cut its vertex error by
-    about 45 % (docs/model_core.md, finding 12)."""
+    about 45 % (docs/model_core.md, finding 12).
+
+    Speakers in `known` are kept as they are; `on_fitted` gets the weights so far after each
+    speaker, so that an interrupted fit can go on where it stopped. Each speaker's clips are drawn
+    from the seed and the speaker's name alone, so the result does not depend on where it stopped."""
     clips = TalkingFaceDataset(info, "train", model.config.sample_rate)
-    rng = np.random.default_rng(seed)
+    fitted = {s: w for s, w in (known or {}).items() if s in clips.by_subject}
+    to_fit = sorted(s for s in clips.by_subject if s not in fitted)
+    if not to_fit:
+        return fitted
     was_training = model.training
     model.train()  # as in the stage-2 steps: the fixed parts without dropout, no inference-only logit bias
-    fitted = {}
-    for speaker, indices in tqdm(sorted(clips.by_subject.items()), desc="fitting each speaker's style weights",
-                                 disable=not progress):
+    for speaker in tqdm(to_fit, desc="fitting each speaker's style weights", disable=not progress,
+                        initial=len(fitted), total=len(clips.by_subject)):
+        indices = clips.by_subject[speaker]
+        rng = np.random.default_rng([seed, zlib.crc32(speaker.encode("utf-8"))])
         chosen = sorted(int(i) for i in rng.permutation(indices)[:SPEAKER_FIT_CLIPS])
         batch = collate([clips[i] for i in chosen]).to(model.template.device)
         logits, mask = encode(batch)
@@ -417,6 +428,8 @@ def fit_speaker_style_weights(model: MemoryTalker, info: DatasetInfo, encode: Fi
             masked_mse(model.predict(logits, mask, weights), target, mask).backward()
             optimizer.step()
         fitted[speaker] = model.style_encoder.gated(f_s, scale).detach()[0].cpu()
+        if on_fitted:
+            on_fitted(fitted)
     model.train(was_training)
     return fitted
 
@@ -486,15 +499,20 @@ def train(opts: TrainOptions) -> Path:
 
 def _fitted_style_weights(model: MemoryTalker, info: DatasetInfo, encode: FixedBackboneLogits, opts: TrainOptions,
                           leader: bool) -> dict[str, torch.Tensor]:
-    """fit_speaker_style_weights, kept in the run folder so that a resumed run learns the same targets."""
+    """fit_speaker_style_weights, kept in the run folder speaker by speaker, so that a resumed run
+    learns the same targets and a fit that was stopped goes on from the last speaker done."""
     path = opts.out / FITTED_STYLE_FILE
-    if opts.resume and path.exists():
-        return {s: torch.tensor(w) for s, w in json.loads(path.read_text()).items()}
-    fitted = fit_speaker_style_weights(model, info, encode, opts.seed, opts.progress and leader)
-    if leader:
+    known = ({s: torch.tensor(w) for s, w in json.loads(path.read_text()).items()}
+             if opts.resume and path.exists() else None)
+
+    def save(fitted: dict[str, torch.Tensor]) -> None:
         opts.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({s: w.tolist() for s, w in fitted.items()}))
-    return fitted
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps({s: w.tolist() for s, w in fitted.items()}))
+        partial.replace(path)  # a stop mid-write leaves the previous file whole
+
+    return fit_speaker_style_weights(model, info, encode, opts.seed, opts.progress and leader, known,
+                                     save if leader else None)
 
 
 def _train(opts: TrainOptions, device: torch.device, processes: Processes | None) -> Path:

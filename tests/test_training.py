@@ -154,6 +154,27 @@ def test_stage2_fits_each_speakers_style_weights_first_and_learns_towards_them(d
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["train_fitted"] < history[0]["train_fitted"]
 
 
+def test_a_stopped_style_weight_fit_goes_on_from_the_last_speaker_done(dataset_dir, tmp_path, capsys):
+    stage1 = save_model(tiny_model(seed=0), tmp_path / "stage1")
+    run = ["train", "--stage", "2", "--data", str(dataset_dir), "--init", str(stage1), "--device", "cpu",
+           "--batch-size", "2", "--fitted-style-weight", "1", "--epochs", "1"]
+    assert main([*run, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "fitted_style_weights.json").read_text())
+
+    # A run stopped during the fit, after its first speaker: only that speaker's weights are on disk
+    # (here marked, to tell them from a refit).
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    marked = [0.5] * len(whole["SpkA"])
+    (stopped / "fitted_style_weights.json").write_text(json.dumps({"SpkA": marked}))
+    capsys.readouterr()
+    assert main([*run, "--out", str(stopped), "--resume"]) == 0
+    assert "0/2" not in capsys.readouterr().err  # the progress bar starts after the speaker done
+    resumed = json.loads((stopped / "fitted_style_weights.json").read_text())
+    assert resumed["SpkA"] == marked
+    assert resumed["SpkB"] == pytest.approx(whole["SpkB"], abs=1e-6)
+
+
 def test_train_cli_checkpoints_every_epoch_selects_on_val_and_resumes_reproducibly(dataset_dir, tmp_path):
     config = tmp_path / "tiny.json"
     fields = tiny_config().to_dict()
