@@ -8,8 +8,8 @@ changes. Landmarks are assigned by hand from the vertex selected in Edit Mode, o
 automatically: the head is rendered front-on, untextured, in a temporary scene that is removed
 afterwards; mediapipe's face mesh finds the face in the picture; each point is carried back onto the
 mesh by a ray from the camera, then the mouth, the nose tip and the chin are settled on the mesh's own
-shape. mediapipe is imported only when detection runs (it has no build for Python 3.13, so Blender
-5.1+ has manual placement only).
+shape. The jaw corners are placed by hand only (DETECTED_NAMES says why). mediapipe is imported only
+when detection runs (it has no build for Python 3.13, so Blender 5.1+ has manual placement only).
 """
 from __future__ import annotations
 
@@ -43,8 +43,14 @@ RECORD = "memorytalker_landmarks"
 # the chin (the lowest point, 152, is seen edge-on from the front, so a ray to it grazes the surface).
 MEDIAPIPE_POINTS = {"mouth_corner_left": 291, "mouth_corner_right": 61, "upper_lip_center": 13,
                     "lower_lip_center": 14, "chin": 175, "nose_tip": 1, "eye_outer_left": 263,
-                    "eye_inner_left": 362, "eye_inner_right": 133, "eye_outer_right": 33, "jaw_left": 397,
-                    "jaw_right": 172}
+                    "eye_inner_left": 362, "eye_inner_right": 133, "eye_outer_right": 33}
+# What detection places: all but the jaw corners. mediapipe's jaw points (397, 172) lie on the face's
+# outline in a front view, where a ray grazes the surface: on the demo head's grids they landed 10-43 mm
+# from the jaw corners (a ray meeting the cheek in front instead of the side of the jaw), and carried
+# motion with them was worse than with none (lips 0.11 mm RMS and 1.9 mm at most against 0.025 and
+# 0.60 mm on the 96 x 44 grid), while the detected eye corners (4-13 mm off) leave the lips as they are
+# and set the head's scale (1.003 against 1.032 without them on a wider head).
+DETECTED_NAMES = tuple(name for name in LANDMARK_NAMES if name in MEDIAPIPE_POINTS)
 UPPER_LIP_TOP, LOWER_LIP_BOTTOM = 0, 17  # the outer edges of the lips on the face's middle line
 
 # Where a head may face, in world axes: (label, direction the face looks, up). Automatic tries them in
@@ -391,8 +397,8 @@ def _settle_mouth(renderer: _FrontRenderer, camera: FrontCamera, face: np.ndarra
 
 
 def _cast_inside(renderer: _FrontRenderer, camera: FrontCamera, xy: np.ndarray, centre: np.ndarray):
-    """`renderer.cast`, moving a point that lies just off the head's outline (mediapipe's jaw corners can)
-    towards the middle of the face until its ray meets the mesh."""
+    """`renderer.cast`, moving a point that lies just off the head's outline towards the middle of the
+    face until its ray meets the mesh."""
     for step in range(OUTLINE_STEPS + 1):
         hit = renderer.cast(camera, xy + step / OUTLINE_STEPS * OUTLINE_REACH * (centre - xy))
         if hit is not None:
@@ -417,7 +423,7 @@ def _landmarks_from_face(renderer: _FrontRenderer, camera: FrontCamera,
             ("chin", camera.forward - CHIN_DOWN * camera.up, height < camera.height(face[LOWER_LIP_BOTTOM]))):
         if name in points and allowed[points[name]]:
             points[name] = renderer.climb(points[name], direction, allowed)
-    return points, [name for name in LANDMARK_NAMES if name not in points]
+    return points, [name for name in DETECTED_NAMES if name not in points]
 
 
 def detect(obj: bpy.types.Object, facing: str = 'AUTO') -> Detection:

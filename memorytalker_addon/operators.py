@@ -459,7 +459,8 @@ class MEMORYTALKER_OT_detect_landmarks(bpy.types.Operator):
             self.report({'WARNING'}, f"not found: {', '.join(found.not_found)}; {landmarks.MANUAL_HINT}")
         self.report({'INFO'}, f"Found {counted(len(found.points), 'landmark')} on '{obj.name}' "
                               f"(face towards {found.view}) in {found.seconds:.1f} s; check them in the viewport "
-                              "and correct any with Assign")
+                              "and correct any with Assign. The jaw corners are not detected: assign them by hand "
+                              "where the head's jaw differs from the model's")
         return {'FINISHED'}
 
 

@@ -224,10 +224,16 @@ def errors_mm(obj, found: dict[str, int], truth: dict[str, int]) -> dict[str, fl
 def test_detect_the_demo_head_it_adds(user_scene):
     bpy.ops.memorytalker.add_demo_head()  # y-up in its mesh, turned to face -Y by its object's rotation
     head = bpy.context.view_layer.objects.active
+    placed_by_hand = 7
+    edit_with_selected(head, [placed_by_hand])
+    assert bpy.ops.memorytalker.assign_landmark(name="jaw_left") == {'FINISHED'}
+    bpy.ops.object.mode_set(mode='OBJECT')
     before = scene_state()
     assert bpy.ops.memorytalker.detect_landmarks() == {'FINISHED'}
     found = landmarks.stored(head)
-    assert sorted(found) == sorted(landmarks.LANDMARK_NAMES)
+    # Every name but the jaw corners is detected; the jaw corner placed by hand stays.
+    assert sorted(found) == sorted([*landmarks.DETECTED_NAMES, "jaw_left"])
+    assert "jaw_right" not in found and found["jaw_left"] == placed_by_hand
     errors = errors_mm(head, found, DEMO_LANDMARKS)
     assert max(errors.values()) <= TOLERANCE_MM, errors
     assert found["upper_lip_center"] == DEMO_LANDMARKS["upper_lip_center"]  # not the lower lip's vertex at the
