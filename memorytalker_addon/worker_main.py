@@ -152,7 +152,7 @@ class Session:
             carry, gain = binding.transfer, binding.error_gain()
         else:
             alignment = mesh_alignment(template, mesh)
-            carry, gain = (lambda d: to_mesh_frame(d, alignment)), float(np.linalg.norm(alignment, 2))
+            carry, gain = (lambda d, out=None: to_mesh_frame(d, alignment, out)), float(np.linalg.norm(alignment, 2))
         result: dict[str, Any] = {"frames": int(total), "duration_s": waveform.duration, "silent": waveform.silent}
         if mode == "shapekeys":
             read = self._kept_motion(self._animated(blocks, total, emit), total, expected, job)
@@ -166,11 +166,12 @@ class Session:
             np.save(job / "weights.npy", basis.weights)
             result.update(keys=int(len(basis.shapes)), max_error=gain * basis.max_error)
         elif mode == "exact":
-            # Each block carried and written as it comes: memory holds a block, not the line.
+            # Each block carried straight into the file as it comes: memory holds the model's block, not
+            # the line, nor a carried copy of the block.
             frames = np.lib.format.open_memmap(job / "displacements.npy", mode="w+", dtype=np.float32,
                                                shape=(total, len(mesh), 3))
             for start, block in self._animated(blocks, total, emit):
-                frames[start:start + len(block)] = carry(block)
+                carry(block, out=frames[start:start + len(block)])
             frames.flush()
             del frames
             result.update(keys=int(total), max_error=0.0)

@@ -54,12 +54,20 @@ def mesh_alignment(template: np.ndarray, mesh: np.ndarray) -> np.ndarray:
     return linear.astype(np.float32)
 
 
-def to_mesh_frame(displacements: np.ndarray, alignment: np.ndarray) -> np.ndarray:
+def to_mesh_frame(displacements: np.ndarray, alignment: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Displacements turned and scaled by `alignment`; a per-vertex error grows by at most its
-    largest singular value (the scale)."""
-    if np.array_equal(alignment, np.eye(3, dtype=alignment.dtype)):
-        return np.asarray(displacements, np.float32)
-    return (np.asarray(displacements, np.float32) @ alignment.T).astype(np.float32)
+    largest singular value (the scale). With `out` (float32, the displacements' shape) they are
+    written there and it is returned."""
+    identity = np.array_equal(alignment, np.eye(3, dtype=alignment.dtype))
+    if out is None:
+        if identity:
+            return np.asarray(displacements, np.float32)
+        return (np.asarray(displacements, np.float32) @ alignment.T).astype(np.float32)
+    if identity:
+        out[...] = displacements
+    else:
+        np.matmul(np.asarray(displacements, np.float32), np.asarray(alignment, np.float32).T, out=out)
+    return out
 
 
 def _max_vertex_error(matrix: torch.Tensor, left: torch.Tensor, right: torch.Tensor,

@@ -126,9 +126,11 @@ class Binding:
                 self._weights = coo.coalesce().to_sparse_csr()
         return self._weights
 
-    def transfer(self, displacements: np.ndarray) -> np.ndarray:
+    def transfer(self, displacements: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Source displacements (T, Vs, 3) or (Vs, 3) -> target displacements (T, Vt, 3) or
-        (Vt, 3), float32, in the target's frame and units."""
+        (Vt, 3), float32, in the target's frame and units. With `out` (a C-contiguous float32 array
+        of that shape, e.g. a slice of a memory-mapped file) they are written there and it is
+        returned: no array of the result's size is allocated, nor copied afterwards."""
         motion = np.asarray(displacements)
         single = motion.ndim == 2
         if single:
@@ -137,6 +139,12 @@ class Binding:
             raise RetargetError(f"the motion has shape {np.shape(displacements)}, but this binding is for a source "
                                 f"of {self.source_vertex_count} vertices: give (frames, {self.source_vertex_count}, 3) "
                                 "displacements of the head the binding was fitted from")
+        shape = (len(motion), self.target_vertex_count, 3)
+        expected = shape[1:] if single else shape
+        if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != expected
+                                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise RetargetError(f"transfer(out=...) needs a writable C-contiguous float32 array of shape {expected}, "
+                                f"got {getattr(out, 'dtype', type(out).__name__)} {np.shape(out)}")
         # Blocks of frames small enough for their result to stay in cache: for each, rotate and
         # scale on the source side (fewer vertices), then one sparse product (Vt, Vs) @ (Vs, frames * 3).
         frames = len(motion)
@@ -144,13 +152,15 @@ class Binding:
         linear = torch.from_numpy((self.scale * self.rotation).astype(np.float32)).T
         weights = self._matrix()
         source = torch.from_numpy(np.ascontiguousarray(motion, np.float32))
-        out = torch.empty((frames, self.target_vertex_count, 3))
+        result = torch.empty(shape) if out is None else torch.from_numpy(out).view(shape)
         for start in range(0, frames, block):
             rotated = source[start:start + block] @ linear
             count = len(rotated)
             columns = rotated.permute(1, 0, 2).reshape(self.source_vertex_count, count * 3)
-            out[start:start + count] = (weights @ columns).view(self.target_vertex_count, count, 3).permute(1, 0, 2)
-        return out[0].numpy() if single else out.numpy()
+            result[start:start + count] = (weights @ columns).view(self.target_vertex_count, count, 3).permute(1, 0, 2)
+        if out is not None:
+            return out
+        return result[0].numpy() if single else result.numpy()
 
     def save(self, path: str | Path) -> None:
         np.savez(Path(path), format=np.int64(BINDING_FORMAT), triangles=self.triangles,

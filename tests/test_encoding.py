@@ -41,3 +41,14 @@ def test_read_window_by_window_the_fit_never_holds_the_whole_motion(monkeypatch)
     in_memory = encoding.shape_basis(motion, 1e-4)
     assert len(streamed.shapes) == len(in_memory.shapes)
     assert np.linalg.norm(streamed.reconstruct() - motion, axis=2).max() <= 1e-4 * 1.0001
+
+
+def test_motion_turned_into_the_mesh_frame_can_be_written_in_place():
+    motion = face_like_motion(frames=6, vertices=40)
+    z_up_in_cm = 100 * np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32)
+    for alignment in (np.eye(3, dtype=np.float32), z_up_in_cm):
+        expected = encoding.to_mesh_frame(motion, alignment)
+        out = np.empty_like(motion)
+        assert encoding.to_mesh_frame(motion, alignment, out) is out
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.testing.assert_allclose(expected[2, 5], 100 * motion[2, 5][[0, 2, 1]] * [1, -1, 1], rtol=1e-6)

@@ -277,6 +277,23 @@ def test_a_binding_survives_saving_and_loading(tmp_path):
         Binding.load(tmp_path / "other.npz")
 
 
+def test_transfer_writes_into_a_file_slice_without_a_copy_of_its_own(tmp_path):
+    fitted = binding("coarser grid")
+    expected = fitted.transfer(SOURCE_MOTION)
+    frames = np.lib.format.open_memmap(tmp_path / "frames.npy", mode="w+", dtype=np.float32,
+                                       shape=(len(SOURCE_MOTION) + 2, fitted.target_vertex_count, 3))
+    destination = frames[2:]
+    assert fitted.transfer(SOURCE_MOTION, out=destination) is destination
+    frames.flush()
+    assert np.array_equal(np.load(tmp_path / "frames.npy")[2:], expected)
+    single = np.empty((fitted.target_vertex_count, 3), np.float32)
+    assert np.array_equal(fitted.transfer(SOURCE_MOTION[3], out=single), expected[3])
+    for wrong in (np.empty_like(expected, dtype=np.float64), np.empty_like(expected[:-1]),
+                  np.empty((fitted.target_vertex_count, len(SOURCE_MOTION), 3), np.float32).transpose(1, 0, 2)):
+        with pytest.raises(RetargetError, match="C-contiguous float32 array of shape"):
+            fitted.transfer(SOURCE_MOTION, out=wrong)
+
+
 def test_the_signature_changes_with_the_mesh_and_the_landmarks():
     head = target("coarser grid")[0]
     signature = mesh_signature(head.vertices, head.faces, head.landmarks)
