@@ -373,15 +373,20 @@ class MemoryTalker(nn.Module):
             return slots
         return style_weights[:, :, None] * slots[None]
 
-    def decode(self, logits: torch.Tensor, retrieved: torch.Tensor | None, mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Fusion + PPE + decoder + output projection -> displacements (B, T, 3V)."""
+    def decoder_features(self, logits: torch.Tensor, retrieved: torch.Tensor | None, mask: torch.Tensor,
+                         offset: int = 0) -> torch.Tensor:
+        """Fusion + PPE + decoder -> the features (B, T, feature_dim) that the output projection maps to motion."""
         f_txt = self.text_proj(logits)
         query_in = torch.cat([f_txt, retrieved], dim=-1) if retrieved is not None else f_txt
         x = self.ppe(self.fusion(query_in), offset)
         padding = None if bool(mask.all()) else ~mask
         for layer in self.decoder:
             x = layer(x, f_txt, padding)
-        return self.output_proj(x)
+        return x
+
+    def decode(self, logits: torch.Tensor, retrieved: torch.Tensor | None, mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Fusion + PPE + decoder + output projection -> displacements (B, T, 3V)."""
+        return self.output_proj(self.decoder_features(logits, retrieved, mask, offset))
 
     def retrieve(self, logits: torch.Tensor, style_weights: torch.Tensor | None) -> torch.Tensor | None:
         if not self.config.use_memory:

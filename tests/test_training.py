@@ -11,7 +11,7 @@ from model_core.checkpoint import load_model, save_model
 from model_core.cli import main
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate
 from model_core.losses import masked_mse, stage1_losses, stage2_losses
-from model_core.train import FixedBackboneLogits, make_optimizer
+from model_core.train import FixedBackboneLogits, ProjectedVertexError, make_optimizer
 
 
 def losses_over_steps(model, batch, step_fn, steps=25, lr=2e-3):
@@ -152,6 +152,21 @@ def test_stage2_fits_each_speakers_style_weights_first_and_learns_towards_them(d
     assert "fitting each speaker's style weights" not in capsys.readouterr().err  # kept in the run folder
     history = json.loads((tmp_path / "s2" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["train_fitted"] < history[0]["train_fitted"]
+
+
+def test_the_vertex_error_from_features_is_the_vertex_error_of_the_projected_motion():
+    torch.manual_seed(0)
+    projection = torch.nn.Linear(8, 30)
+    features = torch.randn(2, 5, 8, requires_grad=True)
+    target = torch.randn(2, 5, 30) * 0.5
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    direct = masked_mse(projection(features), target, mask)
+    (direct_gradient,) = torch.autograd.grad(direct, features)
+    projected = ProjectedVertexError(projection, target, mask)(features)
+    (projected_gradient,) = torch.autograd.grad(projected, features)
+    assert projected.item() == pytest.approx(direct.item(), rel=1e-5)
+    assert torch.allclose(projected_gradient, direct_gradient, rtol=1e-4, atol=1e-7)
+    assert not projected_gradient[1, 3:].any()  # padded frames count for nothing
 
 
 def test_a_stopped_style_weight_fit_goes_on_from_the_last_speaker_done(dataset_dir, tmp_path, capsys):
