@@ -344,7 +344,7 @@ def main() -> None:
     parser.add_argument("--bilabial-bias", metavar="B1,B2,...",
                         help="instead of the report: the figures for each of these phoneme_logit_bias values on p, b "
                              "and m, and the one chosen (the smallest meeting the closure goal while shutting at "
-                             f"most {MOST_OPEN_VOWELS_SHUT:.0%} of open vowels). Choose on held-out speakers (--split val)")
+                             f"most {100 * MOST_OPEN_VOWELS_SHUT:.0f} %% of open vowels). Choose on held-out speakers (--split val)")
     parser.add_argument("--write", action="store_true", help="with --bilabial-bias: store the chosen bias in the model folder")
     args = parser.parse_args()
     if args.write and not args.bilabial_bias:

@@ -105,6 +105,8 @@ def test_the_report_and_the_cli_on_a_tiny_corpus(corpus, model, tmp_path, capsys
 def test_clear_errors(corpus, model, tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(corpus / "wav")], capture_output=True, text=True)
     assert done.returncode != 0 and done.stderr.startswith("error: ") and "'wav/' folder" in done.stderr
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "shutting at most 5 % of open vowels" in " ".join(done.stdout.split())
 
     # A corpus without one clip's phoneme timings, and with an empty split.
     broken = tmp_path / "broken"
