@@ -394,9 +394,17 @@ class MemoryTalker(nn.Module):
         return self.memory.retrieve(self.memory.text_addressing(logits), self.memory_bank(style_weights))
 
     def predict(self, logits: torch.Tensor, mask: torch.Tensor, style_weights: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        """Displacements (B, T, 3V) from the backbone's logits."""
+        return self.output_proj(self.predict_features(logits, mask, style_weights, offset))
+
+    def predict_features(self, logits: torch.Tensor, mask: torch.Tensor, style_weights: torch.Tensor | None = None,
+                         offset: int = 0) -> torch.Tensor:
+        """predict's decoder features (B, T, feature_dim), before the output projection: inference
+        blends and resamples these instead of the displacements (output_proj is affine, so convex
+        blends of features project to the same blends of motion, at a 150th of the size)."""
         if not self.training and self.config.phoneme_logit_bias:
             logits = logits + self.logit_bias.to(logits.dtype)
-        return self.decode(logits, self.retrieve(logits, style_weights), mask, offset)
+        return self.decoder_features(logits, self.retrieve(logits, style_weights), mask, offset)
 
     def style_weights_from_embedding(self, f_s: torch.Tensor, strength: float = 1.0) -> torch.Tensor | None:
         """Slot weights for a style strength: 0 -> the generic memory, 1 -> the speaker's own style."""

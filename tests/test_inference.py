@@ -45,6 +45,20 @@ def test_higher_fps_interpolates_between_model_frames(stylized_model):
     np.testing.assert_allclose(double[1:-2:2], (native[:-1] + native[1:]) / 2, atol=1e-6)
 
 
+def test_a_lower_fps_is_the_model_motion_interpolated_in_time(stylized_model):
+    animator = Animator(stylized_model, "cpu")
+    wave = waveform(3.0)
+    native = animator.animate(wave).displacements
+    film = animator.animate(wave, fps=24).displacements
+    position = np.arange(len(film)) * 30 / 24
+    left = np.minimum(np.floor(position).astype(int), len(native) - 1)
+    right = np.minimum(left + 1, len(native) - 1)
+    share = (position - left)[:, None, None]
+    expected = native[left] * (1 - share) + native[right] * share
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(film, expected, atol=1e-6)
+
+
 def test_chunked_output_equals_single_pass_when_the_clip_fits_one_window(stylized_model):
     wave = waveform(4.0)
     single = Animator(stylized_model, "cpu", window_seconds=30).animate(wave).displacements
