@@ -10,6 +10,7 @@ output has no such structure). Run with the bpy module:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -72,6 +73,7 @@ def playback_ms(frames=range(1, 121)) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     report = {"registration": registration_cost()}
     memorytalker_addon.register()
     motion = facial_motion()
