@@ -5,7 +5,8 @@
 Rows: (a) the same decoder without memory, (b) stage 1, (c) stage 1 + 2 at style strength 0, 0.5
 and 1. Metric definitions: docs/metrics.md. Prints the table, saves the figures as JSON
 (docs/model_card_results.json) and writes the same table into docs/model_card.md between its
-table markers.
+table markers. A row whose run folder is missing (RUNS/nomem/best, ...) keeps the figures saved
+in that JSON, and the printout says so: after retraining one step, only its rows are measured again.
 """
 from __future__ import annotations
 
@@ -63,11 +64,19 @@ def main() -> None:
     from model_core.evaluate import evaluate_model
 
     torch.set_grad_enabled(False)
-    info = DatasetInfo.open(args.data)
+    saved = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
+    info = None
     results = {}
     for label, run, strength in ROWS:
-        model = load_model(args.runs / run / "best")
-        results[label] = evaluate_model(model, info, args.split, strength, progress=False)
+        folder = args.runs / run / "best"
+        if folder.exists():
+            info = info or DatasetInfo.open(args.data)
+            results[label] = evaluate_model(load_model(folder), info, args.split, strength, progress=False)
+        elif label in saved:
+            print(f"{label}: no {folder}; its figures are the ones saved in {args.out}")
+            results[label] = saved[label]
+        else:
+            raise SystemExit(f"no {folder} and no saved figures for {label!r} in {args.out}: train that step first")
     document = {"split": args.split, "data": args.data.name, "results": results}
     table = render(document)
     print(table)

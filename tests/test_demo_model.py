@@ -95,6 +95,25 @@ def test_the_model_card_shows_the_table_its_command_wrote():
     assert table_script.render(document) in (root / "docs" / "model_card.md").read_text()
 
 
+def test_the_model_card_table_keeps_the_saved_rows_of_steps_not_trained_again(tmp_path, monkeypatch, capsys):
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("model_card_table", root / "scripts" / "model_card_table.py")
+    table_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table_script)
+    saved, card = tmp_path / "results.json", tmp_path / "card.md"
+    saved.write_text((root / "docs" / "model_card_results.json").read_text())
+    card.write_text("before\n" + "\n".join(table_script.MARKERS) + "\nafter\n")
+    command = ["model_card_table.py", "--data", str(tmp_path / "no-corpus"), "--runs", str(tmp_path / "runs"),
+               "--out", str(saved), "--card", str(card)]
+    monkeypatch.setattr(sys, "argv", command)
+    table_script.main()  # no run folder at all: every row comes from the saved figures, no corpus is read
+    assert table_script.render(json.loads(saved.read_text())) in card.read_text()
+    assert "(a) no memory: no " in capsys.readouterr().out
+    saved.unlink()
+    with pytest.raises(SystemExit, match="train that step first"):
+        table_script.main()
+
+
 def test_the_demo_shows_the_whole_utterance_and_nothing_after_it(tmp_path):
     """./demo.sh's scene, preview sheet and video span exactly the speech, not Blender's default 250 frames."""
     utterance = ESpeak().synthesize("Map.", "en-us+m3", rate=160, pitch=40)
