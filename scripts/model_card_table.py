@@ -57,13 +57,10 @@ def main() -> None:
     parser.add_argument("--card", type=Path, default=ROOT / "docs" / "model_card.md")
     args = parser.parse_args()
 
-    import torch
-
     from model_core.checkpoint import load_model
     from model_core.data import DatasetInfo
     from model_core.evaluate import evaluate_model
 
-    torch.set_grad_enabled(False)
     saved = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
     info = None
     results = {}
