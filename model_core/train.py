@@ -29,7 +29,7 @@ from .data import Batch, DatasetInfo, TalkingFaceDataset, collate
 from .errors import MemoryTalkerError
 from .evaluate import evaluate_model, phoneme_recognition
 from .inference import resolve_device
-from .losses import asr_losses, bilabial_frame_weights, masked_mse, stage1_losses, stage2_losses
+from .losses import asr_losses, bilabial_frame_weights, stage1_losses, stage2_losses
 from .model import MemoryTalker
 from .synthetic.prosody import REFERENCE as PROSODY_REFERENCE, z_scores as prosody_z_scores
 
@@ -438,23 +438,29 @@ def fit_speaker_style_weights(model: MemoryTalker, info: DatasetInfo, encode: Fi
         chosen = sorted(int(i) for i in rng.permutation(indices)[:SPEAKER_FIT_CLIPS])
         batch = collate([clips[i] for i in chosen]).to(model.template.device)
         logits, mask = encode(batch)
-        target = batch.vertices - batch.templates[:, None]
-        vertex_error = ProjectedVertexError(model.output_proj, target, mask)
-        f_s = torch.zeros(1, model.config.mem_slots, device=target.device, requires_grad=True)
-        # Both forms start at weights of about 1: residual 1 + sigmoid(0) x 0.01, product sigmoid(0) x 2.
-        scale = torch.full((1, 1), 0.01 if model.style_encoder.residual else 2.0, device=target.device,
-                           requires_grad=True)
-        optimizer = torch.optim.Adam([f_s, scale], lr=SPEAKER_FIT_LR)
-        for _ in range(SPEAKER_FIT_STEPS):
-            optimizer.zero_grad()
-            weights = model.style_encoder.gated(f_s, scale).expand(len(chosen), -1)
-            vertex_error(model.decoder_features(logits, model.retrieve(logits, weights), mask)).backward()
-            optimizer.step()
-        fitted[speaker] = model.style_encoder.gated(f_s, scale).detach()[0].cpu()
+        fitted[speaker] = fit_slot_weights(model, logits, mask, batch.vertices - batch.templates[:, None])[0].cpu()
         if on_fitted:
             on_fitted(fitted)
     model.train(was_training)
     return fitted
+
+
+def fit_slot_weights(model: MemoryTalker, logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One set of slot weights (1, slots) that brings the model's motion for these clips' logits
+    closest to `target` (their displacements), by SPEAKER_FIT_STEPS of Adam in the style encoder's
+    own form. The logits are used as given: add the inference bias first to fit for inference."""
+    vertex_error = ProjectedVertexError(model.output_proj, target, mask)
+    f_s = torch.zeros(1, model.config.mem_slots, device=target.device, requires_grad=True)
+    # Both forms start at weights of about 1: residual 1 + sigmoid(0) x 0.01, product sigmoid(0) x 2.
+    scale = torch.full((1, 1), 0.01 if model.style_encoder.residual else 2.0, device=target.device,
+                       requires_grad=True)
+    optimizer = torch.optim.Adam([f_s, scale], lr=SPEAKER_FIT_LR)
+    for _ in range(SPEAKER_FIT_STEPS):
+        optimizer.zero_grad()
+        weights = model.style_encoder.gated(f_s, scale).expand(len(logits), -1)
+        vertex_error(model.decoder_features(logits, model.retrieve(logits, weights), mask)).backward()
+        optimizer.step()
+    return model.style_encoder.gated(f_s, scale).detach()
 
 
 def speaker_prosody(info: DatasetInfo, targets: list[str], speakers: set[str]) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from model_core.checkpoint import BUNDLED_MODEL, load_model  # noqa: E402
 from model_core.data import DatasetInfo, TalkingFaceDataset, collate  # noqa: E402
 from model_core.metrics import MetricAccumulator  # noqa: E402
 from model_core.synthetic.prosody import Prosody, audible_jaw_gain  # noqa: E402
-from model_core.train import SPEAKER_FIT_CLIPS, SPEAKER_FIT_LR, SPEAKER_FIT_STEPS, ProjectedVertexError  # noqa: E402
+from model_core.train import SPEAKER_FIT_CLIPS, fit_slot_weights  # noqa: E402
 
 STYLE_FACTORS = ("jaw_amplitude", "protrusion", "spread", "closure_tightness", "asymmetry", "smoothness")
 PROSODY = ("pitch_level", "pitch_range", "speaking_rate", "loudness_dynamics")
@@ -44,21 +44,11 @@ PREDICTORS = {
 
 
 def fit_weights(model, batch) -> torch.Tensor:
-    """The slot weights that bring the model closest to the batch's motion (as the stage-2 fit)."""
+    """The slot weights that bring the model closest to the batch's motion, as read at inference."""
     with torch.no_grad():
         logits, mask = model.audio_encoder(batch.waveforms, batch.frame_counts)
         logits = logits + model.logit_bias.to(logits.dtype)  # as at inference
-    error = ProjectedVertexError(model.output_proj, batch.vertices - batch.templates[:, None], mask)
-    encoder = model.style_encoder
-    f_s = torch.zeros(1, model.config.mem_slots, requires_grad=True)
-    scale = torch.full((1, 1), 0.01 if encoder.residual else 2.0, requires_grad=True)
-    optimizer = torch.optim.Adam([f_s, scale], lr=SPEAKER_FIT_LR)
-    for _ in range(SPEAKER_FIT_STEPS):
-        optimizer.zero_grad()
-        weights = encoder.gated(f_s, scale).expand(len(batch.names), -1)
-        error(model.decoder_features(logits, model.retrieve(logits, weights), mask)).backward()
-        optimizer.step()
-    return encoder.gated(f_s, scale).detach()
+    return fit_slot_weights(model, logits, mask, batch.vertices - batch.templates[:, None])
 
 
 def main() -> None:
